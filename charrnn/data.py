@@ -1,0 +1,363 @@
+"""From a corpus to training batches: splits, the token cache and the stream batcher.
+
+Data flows in three steps:
+
+1. `prepare_dataset` splits the corpus by character position (train first,
+   then validation, then test, as contiguous pieces), builds the tokenizer from
+   the training piece only, and encodes the whole corpus into a token cache:
+   one flat binary file of compact ids (uint8, int16 or int32 by vocabulary
+   size), keyed by a hash of the corpus bytes, the tokenizer settings and the
+   split. A later run on the same text memory-maps the cache instead of
+   tokenizing again, so a gigabyte corpus costs page cache, not heap.
+2. Each split is a `Split`: a 1-D tensor of ids (a view of the memory map)
+   and the number of characters it encodes, which bits per character divide by.
+3. `StreamBatcher` cuts the training ids into contiguous streams and serves
+   truncated-BPTT windows: step k of an epoch gives every stream its next
+   `seq_len` tokens, so the hidden state carried from step k-1 is the state
+   the model really had at that point of the text.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from charrnn.config import TrainConfig
+from charrnn.corpus import Corpus
+from charrnn.errors import CharrnnError
+from charrnn.tokenizers import CharVocabCounter, Tokenizer, tokenizer_from_state, train_tokenizer
+
+CACHE_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+Progress = Callable[[str], None]
+
+
+def storage_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest integer type that holds every id (int16/int32 rather than uint16/uint32,
+    whose indexing support arrived late in torch)."""
+    if vocab_size <= 256:
+        return torch.uint8
+    if vocab_size <= 32767:
+        return torch.int16
+    return torch.int32
+
+
+@dataclass(frozen=True)
+class Split:
+    """One piece of the corpus as token ids, with the count of characters they encode."""
+
+    tokens: torch.Tensor
+    num_chars: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.numel())
+
+
+@dataclass(frozen=True)
+class Dataset:
+    tokenizer: Tokenizer
+    train: Split
+    val: Split | None
+    test: Split | None
+    corpus_hash: str
+
+
+def default_cache_dir() -> Path:
+    if env := os.environ.get("CHARRNN_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "charrnn"
+
+
+def _writable_cache_dir(cache_dir: Path | None) -> Path:
+    path = cache_dir or default_cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / "charrnn-cache"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def split_bounds(num_chars: int, cfg: TrainConfig, *, separate_val: bool) -> tuple[int, int]:
+    """Character positions where train ends and where validation ends.
+
+    With fractions only, `train = text[:int(n * (1 - val - test))]`, which for
+    val 0.1 is exactly nanoGPT's shakespeare_char split.
+    """
+    val_frac = 0.0 if separate_val else cfg.val_frac
+    train_end = int(num_chars * (1.0 - val_frac - cfg.test_frac))
+    val_end = num_chars if cfg.test_frac == 0 else int(num_chars * (1.0 - cfg.test_frac))
+    if separate_val:
+        val_end = train_end
+    val_end = max(val_end, train_end)
+    if train_end < 2:
+        raise CharrnnError(f"the training split is {train_end} characters: the corpus is too small to train on")
+    if val_frac > 0 and val_end == train_end:
+        raise CharrnnError(f"the corpus ({num_chars} characters) is too small for --val-frac {cfg.val_frac}")
+    if cfg.test_frac > 0 and val_end == num_chars:
+        raise CharrnnError(f"the corpus ({num_chars} characters) is too small for --test-frac {cfg.test_frac}")
+    return train_end, val_end
+
+
+def _regions(corpus: Corpus, bounds: list[int]) -> Iterator[tuple[int, str]]:
+    """(region index, text) pieces of the corpus, cut at the given character bounds."""
+    position = 0
+    region = 0
+    for chunk in corpus.chunks():
+        start = 0
+        while start < len(chunk):
+            while region < len(bounds) and position + start >= bounds[region]:
+                region += 1
+            end = len(chunk) if region == len(bounds) else min(len(chunk), bounds[region] - position)
+            yield region, chunk[start:end]
+            start = end
+        position += len(chunk)
+
+
+def _build_tokenizer(corpus: Corpus, train_end: int, cfg: TrainConfig, progress: Progress) -> Tokenizer:
+    if cfg.tokenizer == "char":
+        counter = CharVocabCounter()
+        for region, text in _regions(corpus, [train_end]):
+            if region == 0:
+                counter.update(text)
+        return counter.build()
+    if cfg.tokenizer == "byte":
+        return train_tokenizer("byte", "")
+    train_text = "".join(text for region, text in _regions(corpus, [train_end]) if region == 0)
+    return train_tokenizer(cfg.tokenizer, train_text, cfg.vocab_size, progress=progress)
+
+
+class _Encoder:
+    """Encodes text pieces of one region, cut at line ends so subword merges are not split."""
+
+    def __init__(self, tokenizer: Tokenizer, out, dtype: torch.dtype) -> None:
+        self.tokenizer, self.out, self.dtype = tokenizer, out, dtype
+        self.pending = ""
+        self.tokens = 0
+
+    def feed(self, text: str) -> None:
+        self.pending += text
+        if len(self.pending) < (1 << 20):
+            return
+        cut = self.pending.rfind("\n") + 1 or len(self.pending)
+        self._write(self.pending[:cut])
+        self.pending = self.pending[cut:]
+
+    def finish(self) -> int:
+        self._write(self.pending)
+        self.pending = ""
+        return self.tokens
+
+    def _write(self, text: str) -> None:
+        if text:
+            ids = self.tokenizer.encode(text).to(self.dtype).contiguous()
+            self.out.write(ctypes.string_at(ids.data_ptr(), ids.numel() * ids.element_size()))
+            self.tokens += ids.numel()
+
+
+def _cache_key(corpus_hash: str, val_hash: str | None, cfg: TrainConfig) -> str:
+    spec = {
+        "version": CACHE_VERSION,
+        "corpus": corpus_hash,
+        "val_corpus": val_hash,
+        "tokenizer": cfg.tokenizer,
+        "vocab_size": cfg.vocab_size if cfg.tokenizer in ("bpe", "unigram") else None,
+        "val_frac": None if val_hash else cfg.val_frac,
+        "test_frac": cfg.test_frac,
+    }
+    return hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def prepare_dataset(
+    corpus: Corpus,
+    cfg: TrainConfig,
+    *,
+    val_corpus: Corpus | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress = lambda message: None,
+) -> Dataset:
+    """Split, tokenize and cache `corpus` (see the module docstring); returns memory-mapped splits."""
+    corpus_hash = corpus.content_hash()
+    val_hash = val_corpus.content_hash() if val_corpus else None
+    key = _cache_key(corpus_hash, val_hash, cfg)
+    directory = _writable_cache_dir(cache_dir)
+    meta_path, tokens_path, tok_path = (directory / f"{key}.{ext}" for ext in ("json", "bin", "tok.pt"))
+    meta = _read_meta(meta_path, tokens_path)
+    if meta is None:
+        progress(f"tokenizing {corpus.describe()} into the cache at {directory}")
+        meta = _build_cache(corpus, val_corpus, cfg, tokens_path, tok_path, meta_path, progress)
+    else:
+        progress(f"token cache hit: {tokens_path}")
+    tokenizer = tokenizer_from_state(torch.load(tok_path, weights_only=True))
+    dtype = storage_dtype(tokenizer.vocab_size)
+    total = sum(meta["tokens"])
+    flat = (
+        torch.from_file(str(tokens_path), shared=False, size=total, dtype=dtype)
+        if total
+        else torch.empty(0, dtype=dtype)
+    )
+    splits: list[Split | None] = []
+    start = 0
+    for count, chars in zip(meta["tokens"], meta["chars"]):
+        splits.append(Split(flat[start : start + count], chars) if chars else None)
+        start += count
+    train, val, test = splits
+    if train is None:
+        raise CharrnnError("the training split is empty")
+    return Dataset(tokenizer, train, val, test, corpus_hash)
+
+
+def _read_meta(meta_path: Path, tokens_path: Path) -> dict | None:
+    try:
+        meta = json.loads(meta_path.read_text())
+        expected = sum(meta["tokens"]) * meta["itemsize"]
+        if meta["version"] == CACHE_VERSION and tokens_path.stat().st_size == expected:
+            return meta
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _build_cache(
+    corpus: Corpus,
+    val_corpus: Corpus | None,
+    cfg: TrainConfig,
+    tokens_path: Path,
+    tok_path: Path,
+    meta_path: Path,
+    progress: Progress,
+) -> dict:
+    num_chars = sum(len(chunk) for chunk in corpus.chunks())
+    if num_chars == 0:
+        raise CharrnnError(f"{corpus.describe()} is empty")
+    train_end, val_end = split_bounds(num_chars, cfg, separate_val=val_corpus is not None)
+    tokenizer = _build_tokenizer(corpus, train_end, cfg, progress)
+    dtype = storage_dtype(tokenizer.vocab_size)
+    chars = [train_end, val_end - train_end, num_chars - val_end]
+    tokens = [0, 0, 0]
+    tmp = tokens_path.with_name(f"{tokens_path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            encoders = [_Encoder(tokenizer, out, dtype) for _ in SPLITS]
+            if val_corpus is None:
+                current = 0
+                for region, text in _regions(corpus, [train_end, val_end]):
+                    if region != current:
+                        tokens[current] = encoders[current].finish()
+                        current = region
+                    encoders[region].feed(text)
+                tokens[current] = encoders[current].finish()
+            else:
+                # train, then the separate validation text, then test: the file order is the split order
+                for region, text in _regions(corpus, [train_end]):
+                    if region == 0:
+                        encoders[0].feed(text)
+                tokens[0] = encoders[0].finish()
+                val_chars = 0
+                for text in val_corpus.chunks():
+                    val_chars += len(text)
+                    encoders[1].feed(text)
+                tokens[1] = encoders[1].finish()
+                chars[1] = val_chars
+                for region, text in _regions(corpus, [train_end]):
+                    if region == 1:
+                        encoders[2].feed(text)
+                tokens[2] = encoders[2].finish()
+        os.replace(tmp, tokens_path)
+        tok_tmp = tok_path.with_name(f"{tok_path.name}.{os.getpid()}.tmp")
+        torch.save(tokenizer.to_state(), tok_tmp)
+        os.replace(tok_tmp, tok_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = {"version": CACHE_VERSION, "tokens": tokens, "chars": chars, "itemsize": dtype.itemsize}
+    meta_tmp = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.tmp")
+    meta_tmp.write_text(json.dumps(meta))
+    os.replace(meta_tmp, meta_path)
+    return meta
+
+
+def encode_text(tokenizer: Tokenizer, text: str) -> Split:
+    """Encode held-out text for evaluation (kept in memory, at the compact dtype)."""
+    ids = tokenizer.encode(text).to(storage_dtype(tokenizer.vocab_size))
+    return Split(ids, len(text))
+
+
+class StreamBatcher:
+    """Truncated-BPTT batches from contiguous streams of one token sequence.
+
+    The sequence is cut into `total_streams` equal contiguous streams; this
+    batcher serves streams `first_stream .. first_stream + num_streams - 1`
+    (all of them by default; a distributed rank takes its own share). Batch k
+    of an epoch holds tokens `k*T .. k*T+T` of every served stream as inputs
+    and the next token of each as targets, both shaped (T, B).
+    """
+
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        total_streams: int,
+        seq_len: int,
+        *,
+        first_stream: int = 0,
+        num_streams: int | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        num_streams = total_streams - first_stream if num_streams is None else num_streams
+        if not 0 <= first_stream < first_stream + num_streams <= total_streams:
+            raise ValueError("streams out of range")
+        self.stream_len = (tokens.numel() - 1) // total_streams
+        self.seq_len = seq_len
+        self.steps_per_epoch = self.stream_len // seq_len
+        if self.steps_per_epoch < 1:
+            raise CharrnnError(
+                f"{tokens.numel()} training tokens are too few for {total_streams} streams of {seq_len} tokens"
+            )
+        self.device = torch.device(device)
+        # Small corpora move to the device once; big ones stay memory-mapped and only batches move.
+        on_device = tokens.numel() * tokens.element_size() <= (512 << 20) or self.device.type == "cpu"
+        self.tokens = tokens.to(self.device) if on_device else tokens
+        index_device = self.device if on_device else torch.device("cpu")
+        starts = torch.arange(first_stream, first_stream + num_streams, device=index_device) * self.stream_len
+        self._window = starts[:, None] + torch.arange(seq_len + 1, device=index_device)  # (B, T+1)
+
+    @property
+    def batch_size(self) -> int:
+        return self._window.shape[0]
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets for step `step` (0-based, within an epoch), each (T, B) int64."""
+        if not 0 <= step < self.steps_per_epoch:
+            raise IndexError(step)
+        chunk = self.tokens[self._window + step * self.seq_len]  # (B, T+1)
+        chunk = chunk.to(self.device, non_blocking=True).long().t()
+        return chunk[:-1], chunk[1:]
+
+
+def fit_batch_size(num_tokens: int, batch_size: int, seq_len: int, warn: Progress | None = None) -> int:
+    """Shrink the batch when the training text is too short for batch × sequence (with a warning)."""
+    fits = (num_tokens - 1) // seq_len
+    if fits < 1:
+        raise CharrnnError(
+            f"the training split has {num_tokens} tokens, fewer than one sequence of {seq_len}: "
+            "use a smaller --seq-len or more text"
+        )
+    if fits < batch_size:
+        message = f"training text too short for {batch_size} streams of {seq_len} tokens: using {fits} streams"
+        (warn or (lambda m: warnings.warn(m, stacklevel=2)))(message)
+        return fits
+    return batch_size

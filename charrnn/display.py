@@ -1,0 +1,159 @@
+"""What the commands show a person: a live progress bar on a terminal, plain lines in logs, tables.
+
+Rich draws everything (one progress library for every command); when standard
+output is not a terminal (CI logs, pipes) progress degrades to one plain line
+per update, at most one every few seconds plus every evaluation.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from charrnn.train import Report, TrainResult
+
+# Logs and pipes get a wide fixed width, so tables are not cut to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _fraction(info: dict[str, Any], record: dict[str, Any]) -> float | None:
+    parts = []
+    if info.get("total_steps"):
+        parts.append(record["step"] / info["total_steps"])
+    if info.get("max_time"):
+        parts.append(record["time"] / info["max_time"])
+    return min(1.0, max(parts)) if parts else None
+
+
+def _status(record: dict[str, Any], last_val: float | None) -> str:
+    val = f"{last_val:.4f}" if last_val is not None else "-"
+    return f"loss {record['train_loss']:.4f} | val {val} | {record['chars_per_sec']:,.0f} chars/s"
+
+
+def train_report(*, quiet: bool = False) -> Report:
+    """A Report that draws a progress bar (terminal) or prints plain lines (anything else)."""
+    state: dict[str, Any] = {"info": {}, "last_val": None, "printed": 0.0}
+    if quiet:
+        return Report()
+    live = sys.stdout.isatty()
+    progress = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("step {task.fields[step]}"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("left {task.fields[left]}"),
+        console=console,
+        transient=False,
+    )
+
+    def on_start(info: dict[str, Any]) -> None:
+        state["info"] = info
+        console.print(
+            f"training {info['params']:,} parameters on {info['device']}, "
+            f"{info['steps_per_epoch']:,} steps per epoch"
+            + (f", from step {info['start_step']:,}" if info["start_step"] else "")
+        )
+        if live:
+            progress.start()
+            state["task"] = progress.add_task("train", total=1.0, step=info["start_step"], status="", left="?")
+
+    def on_log(record: dict[str, Any]) -> None:
+        if record.get("val_loss") is not None:
+            state["last_val"] = record["val_loss"]
+        fraction = _fraction(state["info"], record)
+        left = record["time"] * (1 - fraction) / fraction if fraction else None
+        status = _status(record, state["last_val"])
+        if live:
+            progress.update(
+                state["task"],
+                completed=fraction or 0.0,
+                step=f"{record['step']:,}",
+                status=status,
+                left=fmt_duration(left),
+            )
+        elif "val_loss" in record or time.monotonic() - state["printed"] > 5:
+            state["printed"] = time.monotonic()
+            total = state["info"].get("total_steps")
+            steps = f"{record['step']:,}" + (f"/{total:,}" if total else "")
+            print(
+                f"step {steps} | {status} | {fmt_duration(record['time'])} elapsed, {fmt_duration(left)} left",
+                flush=True,
+            )
+
+    def on_message(text: str) -> None:
+        (progress.console if live and progress.live.is_started else console).print(f"[dim]{text}[/dim]")
+
+    def on_end() -> None:
+        if live:
+            progress.stop()
+
+    return Report(on_start, on_log, on_message, on_end)
+
+
+def train_summary(result: TrainResult) -> Table:
+    table = Table(title="training summary", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("run", str(result.run_dir)),
+        ("stopped", result.stop_reason),
+        ("steps", f"{result.steps:,} ({result.epochs:.2f} epochs)"),
+        ("time", fmt_duration(result.elapsed)),
+        ("parameters", f"{result.parameters:,}"),
+        ("throughput", f"{result.chars_per_sec:,.0f} chars/s"),
+        ("last train loss", f"{result.train_loss:.4f}" if result.train_loss is not None else "-"),
+        (
+            "best val loss",
+            f"{result.best_val:.4f} nats/char ({result.best_val / 0.6931471805599453:.4f} bits/char)"
+            if result.best_val is not None
+            else "no validation split",
+        ),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def eval_table(rows: list[tuple[str, dict[str, Any]]]) -> Table:
+    table = Table(title="evaluation (full stateful pass)")
+    for name in (
+        "text",
+        "chars",
+        "unknown",
+        "loss/token",
+        "nats/char",
+        "bits/char",
+        "perplexity",
+        "gzip",
+        "bzip2",
+        "xz",
+    ):
+        table.add_column(name, justify="left" if name == "text" else "right")
+    for name, r in rows:
+        base = r.get("baselines_bits_per_char", {})
+        table.add_row(
+            name,
+            f"{r['chars']:,}",
+            f"{r['unknown']:,}",
+            f"{r['loss_per_token']:.4f}",
+            f"{r['nats_per_char']:.4f}",
+            f"{r['bits_per_char']:.4f}",
+            f"{r['perplexity']:.3f}",
+            *(f"{base[k]:.3f}" if k in base else "-" for k in ("gzip", "bzip2", "xz")),
+        )
+    return table

@@ -1,0 +1,195 @@
+"""Held-out loss by a full, stateful pass, and what general-purpose compressors achieve.
+
+Every token after the first is predicted from everything before it: the text
+runs through the model in windows, carrying the hidden state from window to
+window. The score is the total negative log-likelihood (nats) over the number
+of characters predicted, so it compares across tokenizers: a subword model
+spends its loss on fewer, longer tokens, and the sum still counts characters.
+
+    nats/char = total NLL / characters,   bits/char = nats/char / ln 2,
+    perplexity (per character) = exp(nats/char)
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charrnn.data import Split
+from charrnn.errors import CharrnnError
+from charrnn.model import RNNLanguageModel, State
+from charrnn.tokenizers import Tokenizer
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    nll: float  # total nats over the scored tokens
+    tokens: int  # tokens scored
+    chars: int  # characters those tokens encode
+    unknown: int  # tokens that were <unk> (characters outside the vocabulary)
+
+    @property
+    def loss_per_token(self) -> float:
+        return self.nll / self.tokens if self.tokens else math.nan
+
+    @property
+    def nats_per_char(self) -> float:
+        return self.nll / self.chars if self.chars else math.nan
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats_per_char / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nats_per_char) if self.chars else math.nan
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "loss_per_token": self.loss_per_token,
+            "nats_per_char": self.nats_per_char,
+            "bits_per_char": self.bits_per_char,
+            "perplexity": self.perplexity,
+            "tokens": self.tokens,
+            "chars": self.chars,
+            "unknown": self.unknown,
+        }
+
+
+@torch.no_grad()
+def evaluate(
+    model: RNNLanguageModel,
+    split: Split,
+    tokenizer: Tokenizer,
+    *,
+    streams: int = 1,
+    window: int = 1024,
+    autocast: bool = False,
+) -> EvalResult:
+    """Score `split`. `streams=1` is the exact protocol (one state carried from the first token);
+    more streams cut the text into that many contiguous pieces scored side by side, each starting
+    from a zero state: faster, and a slight overestimate of the loss."""
+    device = model.embed.weight.device
+    tokens = split.tokens
+    n = tokens.numel()
+    if n < 2:
+        return EvalResult(0.0, 0, 0, 0)
+    was_training = model.training
+    model.eval()
+    streams = max(1, min(streams, (n - 1) // 2))
+    piece = (n - 1) // streams  # targets per stream; the remainder goes through a second, single-stream pass
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    starts = torch.arange(streams) * piece
+    nll, state = _score(model, tokens, starts, piece, window, device, autocast, state=None)
+    total += nll
+    rest_start = streams * piece
+    if rest_start < n - 1:
+        # The remainder after the last stream; with one stream there is none.
+        nll, _ = _score(model, tokens, torch.tensor([rest_start]), n - 1 - rest_start, window, device, autocast, None)
+        total += nll
+    model.train(was_training)
+    unknown = int((tokens == tokenizer.unk_id).sum()) if tokenizer.unk_id is not None else 0
+    # Characters predicted: all but those of the first token, which nothing predicts.
+    first = len(tokenizer.decode([int(tokens[0])])) if tokenizer.kind != "char" else 1
+    chars = split.num_chars - min(first, split.num_chars)
+    return EvalResult(float(total), n - 1, chars, unknown)
+
+
+def _score(
+    model: RNNLanguageModel,
+    tokens: torch.Tensor,
+    starts: torch.Tensor,
+    length: int,
+    window: int,
+    device: torch.device,
+    autocast: bool,
+    state: State | None,
+) -> tuple[torch.Tensor, State | None]:
+    """Summed NLL of `length` targets after each start, streams side by side, state carried."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    offsets = torch.arange(window + 1)
+    for begin in range(0, length, window):
+        width = min(window, length - begin)
+        idx = starts[:, None] + begin + offsets[: width + 1]  # (S, width+1)
+        chunk = tokens[idx].to(device).long().t()  # (width+1, S)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits, _, state = model(chunk[:-1], state)
+        nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), chunk[1:].flatten(), reduction="sum")
+        total += nll.double()
+    return total, state
+
+
+def compression_baselines(text: str) -> dict[str, float]:
+    """Bits per character that gzip, bzip2 and xz (at their strongest settings) reach on `text`."""
+    if not text:
+        return {}
+    raw = text.encode("utf-8", errors="surrogatepass")
+    sizes = {
+        "gzip": len(gzip.compress(raw, compresslevel=9)),
+        "bzip2": len(bz2.compress(raw, compresslevel=9)),
+        "xz": len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)),
+    }
+    return {name: 8 * size / len(text) for name, size in sizes.items()}
+
+
+def evaluate_run(
+    run: Path,
+    texts: Sequence[str],
+    *,
+    encoding: str = "utf-8",
+    streams: int = 1,
+    baselines: bool = True,
+    device: str = "auto",
+) -> list[tuple[str, dict[str, Any]]]:
+    """Score a run's best checkpoint on `texts` (files or '-'), or on its own validation and test splits."""
+    from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, train_config_of
+    from charrnn.corpus import find_corpus
+    from charrnn.data import encode_text, prepare_dataset
+    from charrnn.devices import resolve_device, use_bf16
+
+    payload = load_checkpoint(run)
+    target = resolve_device(device)
+    model, tokenizer = model_from_checkpoint(payload, target)
+    autocast = use_bf16("auto", target)
+    pieces: list[tuple[str, Split, str | None]] = []
+    if texts:
+        for source in texts:
+            text = find_corpus([source], encoding=encoding).read_text()
+            if not text:
+                raise CharrnnError(f"{source} is empty")
+            pieces.append((source, encode_text(tokenizer, text), text))
+    else:
+        info = payload.get("corpus") or {}
+        cfg = train_config_of(payload)
+        try:
+            corpus = find_corpus(info["files"], encoding=info.get("encoding", "utf-8"))
+            val_corpus = find_corpus(info["val_files"]) if info.get("val_files") else None
+        except (KeyError, TypeError):
+            raise CharrnnError("the checkpoint does not record its corpus: pass TEXT to evaluate on") from None
+        except CharrnnError as exc:
+            raise CharrnnError(f"the run's corpus is not readable ({exc}): pass TEXT to evaluate on") from None
+        dataset = prepare_dataset(corpus, cfg, val_corpus=val_corpus)
+        if dataset.corpus_hash != info.get("hash"):
+            raise CharrnnError("the run's corpus changed since training: pass TEXT to evaluate on")
+        for name, split in (("val", dataset.val), ("test", dataset.test)):
+            if split is not None:
+                pieces.append((name, split, None))
+        if not pieces:
+            raise CharrnnError("the run has no validation or test split: pass TEXT to evaluate on")
+    rows = []
+    for name, split, text in pieces:
+        row: dict[str, Any] = evaluate(model, split, tokenizer, streams=streams, autocast=autocast).as_dict()
+        if baselines:
+            row["baselines_bits_per_char"] = compression_baselines(
+                text if text is not None else tokenizer.decode(split.tokens)
+            )
+        rows.append((name, row))
+    return rows

@@ -1,0 +1,104 @@
+"""A run directory: its checkpoints, config, metrics log, and the lock that makes one writer.
+
+runs/NAME/
+  best.pt        lowest validation loss so far (weights, config, tokenizer)
+  last.pt        latest state, with everything `--resume` needs
+  config.json    the resolved model and training config, and the corpus it read
+  metrics.jsonl  one JSON object a line: step, time, train loss, val loss, lr, chars/s
+  .lock          held (flock) by the `charrnn train` writing here
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from charrnn.checkpoint import BEST, LAST, atomic_write
+from charrnn.errors import CharrnnError
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.best = path / BEST
+        self.last = path / LAST
+        self.config = path / "config.json"
+        self.metrics = path / "metrics.jsonl"
+        self._lock_fd: int | None = None
+
+    def create(self, *, fresh: bool) -> None:
+        if fresh and self.last.exists():
+            raise CharrnnError(f"run {self.path} already exists: pass --resume to continue it, or choose another --run")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CharrnnError(f"cannot create run directory {self.path}: {exc.strerror or exc}") from None
+        if not os.access(self.path, os.W_OK):
+            raise CharrnnError(f"run directory {self.path} is not writable")
+
+    def lock(self) -> None:
+        """Take the run's lock or refuse; the kernel drops it when the process dies, however it dies."""
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CharrnnError(f"cannot lock run directory {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise CharrnnError(f"run {self.path} is in use by another charrnn train (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+        atomic_write(self.config, lambda handle: handle.write(text.encode()))
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.config.read_text())
+        except (OSError, ValueError) as exc:
+            raise CharrnnError(f"cannot read {self.config}: {exc}") from None
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def trim_metrics(self, up_to_step: int) -> None:
+        """Keep complete records up to `up_to_step` (those after the resumed checkpoint are replayed)."""
+        if not self.metrics.exists():
+            return
+        kept = []
+        for line in self.metrics.read_text().splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break  # a record cut short by a kill
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break
+            if record.get("step", 0) > up_to_step:
+                break
+            kept.append(line)
+        text = "".join(kept)
+        atomic_write(self.metrics, lambda handle: handle.write(text.encode()))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.exists():
+            return []
+        records = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                break
+        return records

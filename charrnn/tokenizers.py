@@ -1,0 +1,413 @@
+"""Tokenizers: turn text into 1-D int64 id tensors and back, exactly.
+
+Four kinds share one interface (`Tokenizer`):
+
+- ``char``: id 0 is ``<unk>``, ids 1.. are the distinct code points of the training
+  text in code-point order. Characters not seen in training encode to ``<unk>``.
+- ``byte``: ids 0..255 are UTF-8 bytes. Nothing is ever unknown.
+- ``bpe`` / ``unigram``: a SentencePiece model trained in memory, with byte fallback,
+  so nothing is ever unknown and ``decode(encode(text)) == text`` for every str.
+
+Every id decodes to a fixed byte string, so decoding is "join the bytes, then UTF-8
+decode with replacement", and a `StreamDecoder` only has to hold back an incomplete
+UTF-8 sequence at the end of what it has seen.
+
+Lone surrogates (which a Python str may hold but UTF-8 cannot) are replaced by
+U+FFFD before tokenizing, for every kind; encode never raises on a str.
+
+A tokenizer's ``to_state()`` holds only plain Python values and ``torch.uint8``
+tensors, so a checkpoint that embeds it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import itertools
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+
+import sentencepiece as spm
+import torch
+
+from charrnn.errors import CharrnnError
+
+TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
+
+_REPLACEMENT = "\ufffd"
+_REPLACEMENT_BYTES = _REPLACEMENT.encode("utf-8")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_NUM_CODE_POINTS = 0x110000
+# Characters per step when vectorizing char encode: big enough to amortize Python
+# overhead, small enough that the UTF-32 buffer stays in cache-friendly sizes.
+_CHAR_CHUNK = 1 << 20
+
+
+def _without_surrogates(text: str) -> str:
+    """The text with lone surrogates replaced by U+FFFD (the common case costs one encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATES.sub(_REPLACEMENT, text)
+    return text
+
+
+def _ids_to_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
+    return ids.flatten().tolist() if isinstance(ids, torch.Tensor) else list(ids)
+
+
+def _join_bytes(id_bytes: Sequence[bytes | None], ids: Sequence[int] | torch.Tensor) -> bytes:
+    """Concatenate each id's bytes; ids out of range or without text become U+FFFD."""
+    n = len(id_bytes)
+    parts = []
+    for i in _ids_to_list(ids):
+        piece = id_bytes[i] if 0 <= i < n else None
+        parts.append(_REPLACEMENT_BYTES if piece is None else piece)
+    return b"".join(parts)
+
+
+class StreamDecoder:
+    """Decodes ids pushed a few at a time, printing only text that is final.
+
+    An id sequence may stop in the middle of a UTF-8 sequence (byte ids, byte-fallback
+    pieces); those bytes are held back until the sequence completes or turns out invalid.
+    The concatenation of every `push` and the final `flush` equals `Tokenizer.decode`
+    of all the ids.
+    """
+
+    def __init__(self, id_bytes: Sequence[bytes | None]) -> None:
+        self._id_bytes = id_bytes
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, ids: Sequence[int] | torch.Tensor) -> str:
+        return self._utf8.decode(_join_bytes(self._id_bytes, ids))
+
+    def flush(self) -> str:
+        # final=True turns a dangling incomplete sequence into U+FFFD and resets the state.
+        return self._utf8.decode(b"", final=True)
+
+
+class Tokenizer(ABC):
+    """Text <-> ids. Subclasses fill `_id_bytes` (the UTF-8 bytes each id stands for,
+    None for ids that are not text, such as ``<unk>``) and implement encode/to_state."""
+
+    kind: str
+    vocab_size: int
+    unk_id: int | None
+    _id_bytes: list[bytes | None]
+
+    @abstractmethod
+    def encode(self, text: str) -> torch.Tensor:
+        """1-D torch.int64 tensor of ids."""
+
+    @abstractmethod
+    def to_state(self) -> dict:
+        """Everything needed to rebuild this tokenizer with `tokenizer_from_state`."""
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """Text of the ids. Never raises: invalid UTF-8, ``<unk>`` and out-of-range ids
+        become U+FFFD."""
+        return _join_bytes(self._id_bytes, ids).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self._id_bytes)
+
+    def token_texts(self) -> list[str | None]:
+        """Text of each id on its own; None where the id is not whole text by itself."""
+        texts: list[str | None] = []
+        for piece in self._id_bytes:
+            try:
+                texts.append(None if piece is None else piece.decode("utf-8"))
+            except UnicodeDecodeError:  # a partial UTF-8 sequence
+                texts.append(None)
+        return texts
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+def _code_points(text: str) -> torch.Tensor:
+    """int32 code points of a surrogate-free str (empty tensor for an empty str)."""
+    if not text:
+        return torch.empty(0, dtype=torch.int32)
+    # bytearray: torch.frombuffer wants a writable buffer.
+    return torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32)
+
+
+class CharTokenizer(Tokenizer):
+    """One id per code point seen in training; id 0 is ``<unk>``."""
+
+    kind = "char"
+    unk_id = 0
+
+    def __init__(self, chars: str) -> None:
+        if not isinstance(chars, str) or not chars:
+            raise CharrnnError("char tokenizer needs a non-empty string of characters")
+        if any(a >= b for a, b in itertools.pairwise(chars)):
+            raise CharrnnError("char tokenizer characters must be distinct and sorted by code point")
+        if _SURROGATES.search(chars):
+            raise CharrnnError("char tokenizer characters must not include lone surrogates")
+        self.chars = chars
+        self.vocab_size = len(chars) + 1
+        self._id_bytes = [None, *(c.encode("utf-8") for c in chars)]
+        self._table: torch.Tensor | None = None
+
+    def _id_of_code_point(self) -> torch.Tensor:
+        # Built on first use: a 0x110000-entry table (~9 MB), 0 (<unk>) for unseen code points.
+        if self._table is None:
+            table = torch.zeros(_NUM_CODE_POINTS, dtype=torch.int64)
+            table[_code_points(self.chars).long()] = torch.arange(1, self.vocab_size)
+            self._table = table
+        return self._table
+
+    def encode(self, text: str) -> torch.Tensor:
+        text = _without_surrogates(text)
+        table = self._id_of_code_point()
+        ids = torch.empty(len(text), dtype=torch.int64)  # len(str) counts code points
+        for start in range(0, len(text), _CHAR_CHUNK):
+            chunk = text[start : start + _CHAR_CHUNK]
+            torch.index_select(table, 0, _code_points(chunk), out=ids[start : start + len(chunk)])
+        return ids
+
+    def to_state(self) -> dict:
+        return {"kind": self.kind, "chars": self.chars}
+
+
+class CharVocabCounter:
+    """Collects the distinct characters of a text fed in chunks, without keeping the text."""
+
+    def __init__(self) -> None:
+        self._seen = torch.zeros(_NUM_CODE_POINTS, dtype=torch.bool)
+
+    def update(self, text_chunk: str) -> None:
+        self._seen[_code_points(_without_surrogates(text_chunk))] = True
+
+    def build(self) -> CharTokenizer:
+        code_points = self._seen.nonzero().flatten().tolist()  # ascending
+        if not code_points:
+            raise CharrnnError("cannot build a char vocabulary: the training text is empty")
+        return CharTokenizer("".join(map(chr, code_points)))
+
+
+class ByteTokenizer(Tokenizer):
+    """ids 0..255 are the bytes of the UTF-8 encoding."""
+
+    kind = "byte"
+    vocab_size = 256
+    unk_id = None
+
+    def __init__(self) -> None:
+        self._id_bytes = [bytes([b]) for b in range(256)]
+
+    def encode(self, text: str) -> torch.Tensor:
+        data = _without_surrogates(text).encode("utf-8")
+        if not data:
+            return torch.empty(0, dtype=torch.int64)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64)
+
+    def to_state(self) -> dict:
+        return {"kind": self.kind}
+
+
+# --- SentencePiece (bpe / unigram) -------------------------------------------------
+#
+# Exact round trip. With identity normalization, no dummy prefix and no whitespace
+# folding, SentencePiece gives back every character but one: U+2581 "▁", its own marker
+# for a space, which would come back as " " (checked by encoding every code point).
+# Training sentences are lines, so "\n" never sits inside a learned piece. So the text
+# is cut at "\n" and "▁"; the segments between are encoded by SentencePiece as a batch,
+# and each cut character becomes its UTF-8 byte-fallback pieces (<0x0A> for "\n";
+# <0xE2><0x96><0x81> for "▁"). Decoding joins the bytes of every id, with the space
+# marker inside ordinary pieces turned back into " ".
+
+_SP_SPECIAL = re.compile("([\n\u2581])")  # the capture group keeps the cut characters
+_SP_SPACE = "\u2581"
+_SP_MIN_VOCAB = 257  # 256 byte pieces and <unk>
+# Training reads at most this many sentences (sampled at random when there are more) ...
+_SP_MAX_TRAIN_SENTENCES = 1_000_000
+# ... each at most this many characters: longer lines are cut, never dropped.
+_SP_MAX_TRAIN_CHARS = 4096
+# Encode works through the text in pieces of about this many characters, cut after a "\n".
+_SP_ENCODE_CHUNK = 1 << 20
+_SP_SEED = 1234  # fixes SentencePiece's sentence sampling, so training is reproducible
+
+
+def _chunks_at_newlines(text: str, size: int) -> Iterator[str]:
+    """Consecutive pieces of `text` of at least `size` characters, each ending after a
+    newline (except the last); they concatenate back to `text`."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
+
+
+def _training_sentences(text: str) -> Iterator[str]:
+    for chunk in _chunks_at_newlines(text, _SP_ENCODE_CHUNK):
+        for segment in _SP_SPECIAL.split(chunk)[0::2]:
+            for start in range(0, len(segment), _SP_MAX_TRAIN_CHARS):
+                yield segment[start : start + _SP_MAX_TRAIN_CHARS]
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A SentencePiece bpe or unigram model with byte fallback; never unknown."""
+
+    unk_id = None
+
+    def __init__(self, kind: str, model: bytes) -> None:
+        if kind not in ("bpe", "unigram"):
+            raise CharrnnError(f"not a SentencePiece tokenizer kind: {kind!r}")
+        self.kind = kind
+        self.model = model
+        if not model:
+            raise CharrnnError(f"the {kind} tokenizer model is empty")
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=model)
+        except RuntimeError as error:
+            raise CharrnnError(f"the {kind} tokenizer model is not a valid SentencePiece model") from error
+        self.vocab_size = self._sp.vocab_size()
+        if self.vocab_size < _SP_MIN_VOCAB:
+            raise CharrnnError(f"the {kind} tokenizer model has no byte fallback pieces")
+        byte_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
+        if not all(self._sp.is_byte(i) for i in byte_ids):
+            raise CharrnnError(f"the {kind} tokenizer model has no byte fallback pieces")
+        self._special_ids = {char: [byte_ids[b] for b in char.encode("utf-8")] for char in ("\n", _SP_SPACE)}
+        self._id_bytes = [self._piece_bytes(i) for i in range(self.vocab_size)]
+
+    def _piece_bytes(self, i: int) -> bytes | None:
+        piece = self._sp.id_to_piece(i)
+        if self._sp.is_byte(i):  # "<0xAB>"
+            return bytes([int(piece[3:5], 16)])
+        if self._sp.is_unknown(i) or self._sp.is_control(i) or self._sp.is_unused(i):
+            return None
+        return piece.replace(_SP_SPACE, " ").encode("utf-8")
+
+    def encode(self, text: str) -> torch.Tensor:
+        text = _without_surrogates(text)
+        parts = [torch.empty(0, dtype=torch.int64)]
+        for chunk in _chunks_at_newlines(text, _SP_ENCODE_CHUNK):
+            pieces = _SP_SPECIAL.split(chunk)  # [segment, cut char, segment, ...]
+            encoded = self._sp.encode(pieces[0::2], out_type=int)  # batched, multithreaded
+            ids: list[int] = list(encoded[0])
+            for cut, segment_ids in zip(pieces[1::2], encoded[1:]):
+                ids += self._special_ids[cut]
+                ids += segment_ids
+            parts.append(torch.tensor(ids, dtype=torch.int64))
+        return torch.cat(parts)
+
+    def to_state(self) -> dict:
+        return {"kind": self.kind, "model": torch.frombuffer(bytearray(self.model), dtype=torch.uint8)}
+
+
+def _train_sentencepiece(kind: str, text: str, vocab_size: int) -> SentencePieceTokenizer:
+    """Train in memory. A vocab_size the text cannot support is a CharrnnError naming the
+    usable limit (no silent retry: the user's chosen size is part of the model config)."""
+    model = io.BytesIO()
+    spm.set_random_generator_seed(_SP_SEED)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_training_sentences(text),
+            model_writer=model,
+            model_type=kind,
+            vocab_size=vocab_size,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True,
+            unk_id=0,
+            bos_id=-1,
+            eos_id=-1,
+            pad_id=-1,
+            input_sentence_size=_SP_MAX_TRAIN_SENTENCES,
+            shuffle_input_sentence=True,
+            max_sentence_length=4 * _SP_MAX_TRAIN_CHARS,  # bytes; a cut line always fits
+            minloglevel=2,  # quiet: errors still come back as RuntimeError
+        )
+    except RuntimeError as error:
+        message = str(error)
+        too_high = re.search(r"value <= (\d+)", message)
+        if too_high:
+            raise CharrnnError(
+                f"vocab_size {vocab_size} is too large for this training text; "
+                f"the {kind} tokenizer can use at most {too_high.group(1)}"
+            ) from error
+        too_low = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
+        if too_low:
+            raise CharrnnError(
+                f"vocab_size {vocab_size} is too small for this training text; the {kind} "
+                f"tokenizer needs at least {too_low.group(1)} (256 bytes, <unk> and its common characters)"
+            ) from error
+        if "sentences_.empty()" in message:
+            raise CharrnnError(
+                f"cannot train a {kind} tokenizer: the training text has no characters besides line breaks and U+2581"
+            ) from error
+        raise CharrnnError(f"training the {kind} tokenizer failed: {message}") from error
+    return SentencePieceTokenizer(kind, model.getvalue())
+
+
+def train_tokenizer(
+    kind: str,
+    train_text: str,
+    vocab_size: int | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> Tokenizer:
+    """Build a tokenizer of `kind` from `train_text`.
+
+    `vocab_size` is required for bpe/unigram and must be left out for char (the text
+    decides it) and byte (always 256).
+    """
+    if kind not in TOKENIZER_KINDS:
+        raise CharrnnError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
+    if kind in ("char", "byte"):
+        if vocab_size is not None:
+            raise CharrnnError(f"vocab_size applies only to bpe and unigram tokenizers, not {kind}")
+    elif vocab_size is None:
+        raise CharrnnError(f"the {kind} tokenizer needs a vocab_size")
+    elif isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= _SP_MIN_VOCAB:
+        raise CharrnnError(
+            f"vocab_size must be an integer above {_SP_MIN_VOCAB} (256 bytes and <unk>), got {vocab_size!r}"
+        )
+    if kind == "byte":
+        return ByteTokenizer()
+    if not train_text:
+        raise CharrnnError(f"cannot train a {kind} tokenizer: the training text is empty")
+
+    report = progress or (lambda message: None)
+    report(f"training {kind} tokenizer on {len(train_text):,} characters")
+    started = time.perf_counter()
+    tokenizer: Tokenizer
+    if kind == "char":
+        counter = CharVocabCounter()
+        for start in range(0, len(train_text), 1 << 24):
+            counter.update(train_text[start : start + (1 << 24)])
+        tokenizer = counter.build()
+    else:
+        assert vocab_size is not None
+        tokenizer = _train_sentencepiece(kind, train_text, vocab_size)
+    report(f"trained {kind} tokenizer: {tokenizer.vocab_size:,} ids in {time.perf_counter() - started:.1f}s")
+    return tokenizer
+
+
+def tokenizer_from_state(state: dict) -> Tokenizer:
+    """Rebuild a tokenizer from `Tokenizer.to_state()`; CharrnnError if the state is bad."""
+    if not isinstance(state, dict):
+        raise CharrnnError(f"tokenizer state must be a dict, got {type(state).__name__}")
+    kind = state.get("kind")
+    if kind not in TOKENIZER_KINDS:
+        raise CharrnnError(f"tokenizer state has unknown kind {kind!r}")
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "char":
+        chars = state.get("chars")
+        if not isinstance(chars, str):
+            raise CharrnnError("char tokenizer state needs 'chars', a string")
+        return CharTokenizer(chars)
+    model = state.get("model")
+    if not isinstance(model, torch.Tensor) or model.dtype != torch.uint8 or model.dim() != 1:
+        raise CharrnnError(f"{kind} tokenizer state needs 'model', a 1-D torch.uint8 tensor")
+    return SentencePieceTokenizer(kind, bytes(model.tolist()))
