@@ -1,0 +1,79 @@
+"""Shared fixtures: small real text, an isolated token cache, and a way to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+KJV = ROOT / "corpora" / "kjv.txt"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own token cache, so no test sees another's files."""
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def real_text() -> str:
+    """About 60 KB of real English (the bundled corpus is always there)."""
+    return KJV.read_text(encoding="utf-8")[:60_000]
+
+
+@pytest.fixture
+def corpus_file(tmp_path: Path, real_text: str) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(real_text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def shakespeare() -> Path:
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"benchmark text not present at {SHAKESPEARE}")
+    return SHAKESPEARE
+
+
+# Small, fast settings for CLI training runs in tests.
+TINY = [
+    "--hidden",
+    "32",
+    "--embed",
+    "16",
+    "--layers",
+    "1",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--eval-interval",
+    "10",
+    "--log-interval",
+    "5",
+    "--quiet",
+]
+
+
+def charrnn(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m charrnn ARGS` in a subprocess and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "charrnn", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
