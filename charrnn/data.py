@@ -107,9 +107,9 @@ def split_bounds(num_chars: int, cfg: TrainConfig, *, separate_val: bool) -> tup
     val_end = max(val_end, train_end)
     if train_end < 2:
         raise CharrnnError(f"the training split is {train_end} characters: the corpus is too small to train on")
-    if val_frac > 0 and val_end == train_end:
+    if val_frac > 0 and val_end - train_end < 2:
         raise CharrnnError(f"the corpus ({num_chars} characters) is too small for --val-frac {cfg.val_frac}")
-    if cfg.test_frac > 0 and val_end == num_chars:
+    if cfg.test_frac > 0 and num_chars - val_end < 2:
         raise CharrnnError(f"the corpus ({num_chars} characters) is too small for --test-frac {cfg.test_frac}")
     return train_end, val_end
 

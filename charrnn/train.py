@@ -96,6 +96,13 @@ def _nan_test_steps() -> set[int]:
     return {int(s) for s in raw.split(",") if s.strip().isdigit()}
 
 
+def _test_signal() -> tuple[int, int] | None:
+    """Test hook: CHARRNN_TEST_SIGNAL_AT_STEP=N and CHARRNN_TEST_SIGNAL=INT|TERM|KILL make the
+    process send itself that signal right after step N, an interruption at a known point."""
+    at, name = os.environ.get("CHARRNN_TEST_SIGNAL_AT_STEP", ""), os.environ.get("CHARRNN_TEST_SIGNAL", "INT")
+    return (int(at), getattr(signal, f"SIG{name}")) if at.isdigit() else None
+
+
 def lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warmup over `warmup_steps`, then cosine from 1 to `min_lr_frac` as progress goes 0 -> 1."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -137,6 +144,8 @@ class _Progress:
     last_val: float | None = None
     bad_evals: int = 0
     chars_seen: int = 0
+    window_loss: float = 0.0  # summed train loss since the last metrics record
+    window_steps: int = 0
 
 
 class Trainer:
@@ -172,6 +181,7 @@ class Trainer:
         self.state: State = self.model.init_state(self.batcher.batch_size, self.device)
         self.history: list[dict[str, Any]] = []
         self.nan_steps = _nan_test_steps()
+        self.test_signal = _test_signal()
         self.chars_per_token = dataset.train.num_chars / max(1, dataset.train.num_tokens)
 
     # ----- budget -----
@@ -274,8 +284,9 @@ class Trainer:
             }
         )
         tokens_per_step = self.batcher.batch_size * self.batcher.seq_len
-        loss_sum = torch.zeros((), device=self.device)
-        loss_count = 0
+        # The running train loss stays on the device; it is read back only when a record is written.
+        loss_sum = torch.tensor(self.p.window_loss, device=self.device)
+        loss_count = self.p.window_steps
         bad_in_a_row = 0
         window_start, window_chars = time.monotonic(), 0
         clock = time.monotonic() - self.p.elapsed
@@ -322,11 +333,13 @@ class Trainer:
             window_chars += tokens_per_step
             self.p.elapsed = time.monotonic() - clock
             stop_reason = self._budget_spent()
+            if self.test_signal and self.p.step == self.test_signal[0]:
+                os.kill(os.getpid(), self.test_signal[1])
             if stop is not None and stop.signum is not None:
                 stop_reason = "interrupted"
             finishing = stop_reason is not None
             evaluate_now = self.p.step % cfg.eval_interval == 0 or (finishing and stop_reason != "interrupted")
-            if self.p.step % cfg.log_interval == 0 or evaluate_now or finishing:
+            if self.p.step % cfg.log_interval == 0 or evaluate_now:
                 now = time.monotonic()
                 record = {
                     "step": self.p.step,
@@ -352,6 +365,7 @@ class Trainer:
                 self.run.append_metrics(record)
                 self.report.on_log(record)
             if finishing or self.p.step % save_every == 0:
+                self.p.window_loss, self.p.window_steps = float(loss_sum), loss_count
                 self.save_last()
         self.report.on_end()
         last_train = next((r["train_loss"] for r in reversed(self.history)), None)

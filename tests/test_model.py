@@ -1,0 +1,76 @@
+"""The model: hidden-state carry for every cell, and the single-step path used for sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from charrnn.config import ModelConfig
+from charrnn.model import RNNLanguageModel, SingleStep, detach_state, select_state
+
+
+def _model(cell: str, **kw) -> RNNLanguageModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=50,
+        cell=cell,
+        num_layers=2,
+        hidden_size=24,
+        embed_size=12,
+        dropout_hidden=0.0,
+        dropout_output=0.0,
+        **kw,
+    )
+    return RNNLanguageModel(cfg).eval()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_carried_state_equals_one_long_pass(cell: str) -> None:
+    model = _model(cell)
+    x = torch.randint(0, 50, (40, 3))
+    with torch.no_grad():
+        full, _, _ = model(x)
+        first, _, state = model(x[:25])
+        state = detach_state(state)
+        second, _, _ = model(x[25:], state)
+    torch.testing.assert_close(torch.cat([first, second]), full)
+
+
+def test_state_shapes_and_detach() -> None:
+    lstm, gru = _model("lstm"), _model("gru")
+    h, c = lstm.init_state(5)
+    assert h.shape == c.shape == (2, 5, 24)
+    assert gru.init_state(5).shape == (2, 5, 24)
+    x = torch.randint(0, 50, (4, 5))
+    _, _, state = lstm.train()(x)
+    assert all(s.requires_grad for s in state)
+    assert not any(s.requires_grad for s in detach_state(state))
+    kept = select_state(state, torch.tensor([True, False, True, False, False]))
+    assert kept[0].shape == (2, 2, 24)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("tie", [False, True])
+def test_single_step_matches_the_fused_module(cell: str, tie: bool) -> None:
+    model = _model(cell, tie_weights=tie)
+    step = SingleStep(model)
+    x = torch.randint(0, 50, (30, 4))
+    with torch.no_grad():
+        expected, _, _ = model(x)
+    state = model.init_state(4)
+    for t in range(30):
+        logits, state = step(x[t], state)
+        torch.testing.assert_close(logits, expected[t], atol=1e-5, rtol=1e-4)
+
+
+def test_tied_weights_share_one_tensor() -> None:
+    model = _model("lstm", tie_weights=True)
+    assert model.head.weight is model.embed.weight
+    assert model.proj is not None  # hidden 24 != embed 12 needs a projection
+
+
+def test_loss_of_untrained_model_is_near_uniform() -> None:
+    model = _model("lstm")
+    x = torch.randint(0, 50, (20, 8))
+    _, loss, _ = model(x, targets=x)
+    assert abs(loss.item() - torch.log(torch.tensor(50.0)).item()) < 0.3

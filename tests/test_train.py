@@ -1,0 +1,119 @@
+"""Training end to end, checkpoints, and exact resume (in process; the CLI and signals are tested elsewhere)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from charrnn.config import TrainConfig
+from charrnn.corpus import find_corpus
+from charrnn.errors import CharrnnError, Interrupted
+from charrnn.train import Report, lr_factor, resume, train
+
+SMALL_MODEL = dict(num_layers=1, hidden_size=64, embed_size=32, dropout_hidden=0.0, dropout_output=0.0)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(batch_size=8, seq_len=32, eval_interval=20, log_interval=10, warmup_steps=5, lr=3e-3, val_frac=0.1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_tiny_model_learns_below_unigram_entropy(tmp_path: Path, corpus_file: Path, real_text: str) -> None:
+    counts = Counter(real_text)
+    total = sum(counts.values())
+    unigram = -sum(c / total * math.log(c / total) for c in counts.values())  # nats per char
+    result = train(find_corpus([str(corpus_file)]), SMALL_MODEL, _cfg(max_steps=150, lr=1e-2), tmp_path / "run")
+    assert result.best_val is not None
+    assert result.best_val < unigram - 0.5, (result.best_val, unigram)
+    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "last.pt").is_file()
+    records = [r for r in result.history if "val_loss" in r]
+    assert records and all({"step", "time", "train_loss", "lr", "chars_per_sec"} <= r.keys() for r in records)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path, corpus_file: Path, cell: str) -> None:
+    settings = {**SMALL_MODEL, "cell": cell, "num_layers": 2, "dropout_hidden": 0.2, "dropout_output": 0.2}
+    corpus = find_corpus([str(corpus_file)])
+    straight = train(corpus, settings, _cfg(max_steps=60), tmp_path / "straight")
+
+    def interrupt_at_20(record: dict) -> None:
+        if record["step"] == 20:
+            os.kill(os.getpid(), signal.SIGINT)  # caught: the run saves after its current step and stops
+
+    with pytest.raises(Interrupted) as stopped:
+        train(
+            corpus,
+            settings,
+            _cfg(max_steps=60),
+            tmp_path / "split",
+            report=Report(on_log=interrupt_at_20),
+            handle_signals=True,
+        )
+    assert stopped.value.exit_code == 130
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["train_state"]["progress"]["step"] == 21
+    resumed = resume(tmp_path / "split")
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.steps == straight.steps == 60
+    key = lambda rs: [(r["step"], r["train_loss"], r.get("val_loss")) for r in rs if r["step"] > 21]  # noqa: E731
+    assert key(resumed.history) == key(straight.history)
+
+
+def test_resume_refuses_a_changed_corpus(tmp_path: Path, corpus_file: Path) -> None:
+    train(find_corpus([str(corpus_file)]), SMALL_MODEL, _cfg(max_steps=5), tmp_path / "run")
+    corpus_file.write_text(corpus_file.read_text() + "more text")
+    with pytest.raises(CharrnnError, match="corpus changed"):
+        resume(tmp_path / "run", budget={"max_steps": 10})
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path, corpus_file: Path) -> None:
+    train(find_corpus([str(corpus_file)]), SMALL_MODEL, _cfg(max_steps=5), tmp_path / "run")
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(CharrnnError, match="already exists"):
+        train(find_corpus([str(corpus_file)]), SMALL_MODEL, _cfg(max_steps=5), tmp_path / "run")
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_checkpoint_round_trip_and_cpu_loading(tmp_path: Path, corpus_file: Path) -> None:
+    train(find_corpus([str(corpus_file)]), SMALL_MODEL, _cfg(max_steps=5), tmp_path / "run")
+    payload = load_checkpoint(tmp_path / "run")  # a run directory means its best checkpoint
+    model, tokenizer = model_from_checkpoint(payload)
+    assert next(model.parameters()).device.type == "cpu"
+    assert tokenizer.decode(tokenizer.encode("In the beginning")) == "In the beginning"
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert {"optimizer", "progress", "hidden", "rng_cpu"} <= last["train_state"].keys()
+    assert last["train_state"]["progress"]["step"] == 5
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "x.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}})
+    before = path.read_bytes()
+
+    def broken_save(obj, handle) -> None:
+        handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(CharrnnError, match="disk is full"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temporary file left behind
+
+
+def test_learning_rate_schedule() -> None:
+    cfg = TrainConfig(warmup_steps=10, min_lr_frac=0.1)
+    assert lr_factor(cfg, 0, 0.0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 9, 0.0) == pytest.approx(1.0)
+    assert lr_factor(cfg, 50, 0.5) == pytest.approx(0.55)
+    assert lr_factor(cfg, 99, 1.0) == pytest.approx(0.1)
+    assert lr_factor(TrainConfig(schedule="constant", warmup_steps=0), 500, 0.9) == 1.0
