@@ -1,0 +1,122 @@
+"""Sampling: masks, determinism, batches of streams, stop strings, length."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from charrnn.config import ModelConfig
+from charrnn.errors import CharrnnError
+from charrnn.generate import SampleSettings, filter_logits, sample
+from charrnn.model import RNNLanguageModel
+from charrnn.tokenizers import train_tokenizer
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 20
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    tokenizer = train_tokenizer("char", TEXT)
+    torch.manual_seed(0)
+    model = RNNLanguageModel(ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, embed_size=16))
+    return model.eval(), tokenizer
+
+
+def test_top_k_keeps_exactly_k() -> None:
+    logits = torch.tensor([[1.0, 5.0, 3.0, 2.0, 4.0]])
+    kept = torch.isfinite(filter_logits(logits, top_k=2))
+    assert kept.tolist() == [[False, True, False, False, True]]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    assert torch.isfinite(filter_logits(logits, top_p=0.5)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.8)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.81)).tolist() == [[True, True, True, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=1.0)).all()
+    # The most likely token always survives, whatever p.
+    assert torch.isfinite(filter_logits(logits, top_p=1e-9)).tolist() == [[True, False, False, False]]
+
+
+def test_same_seed_same_text(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    settings = SampleSettings(length=80, seed=7, temperature=1.0, top_k=10, top_p=0.9)
+    a = sample(model, tok, "the ", settings).texts
+    b = sample(model, tok, "the ", settings).texts
+    c = sample(model, tok, "the ", SampleSettings(length=80, seed=8, temperature=1.0)).texts
+    assert a == b and a != c
+    assert len(a[0]) == 80
+
+
+def test_streams_in_a_batch_are_independent_and_full_length(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    result = sample(model, tok, "fox", SampleSettings(length=50, seed=1, num_samples=5, temperature=1.0))
+    assert len(result.texts) == 5 and all(len(t) == 50 for t in result.texts)
+    assert len(set(result.texts)) > 1
+
+
+def test_greedy_is_deterministic_without_seed(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    a = sample(model, tok, "dog", SampleSettings(length=30, temperature=0)).texts
+    b = sample(model, tok, "dog", SampleSettings(length=30, temperature=0)).texts
+    assert a == b
+
+
+def test_stop_string_ends_the_sample_before_it(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    pieces: list[str] = []
+    settings = SampleSettings(length=400, seed=3, temperature=1.5, stop=("o",))
+    result = sample(model, tok, "", settings, on_text=lambda i, t: pieces.append(t))
+    assert "o" not in result.texts[0]
+    assert "".join(pieces) == result.texts[0]  # what was streamed is exactly the result
+
+
+def test_streamed_pieces_equal_the_result(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    streamed: dict[int, str] = {0: "", 1: ""}
+
+    def collect(i: int, text: str) -> None:
+        streamed[i] += text
+
+    result = sample(
+        model, tok, "over", SampleSettings(length=60, seed=5, num_samples=2, stop=("the",)), on_text=collect
+    )
+    assert [streamed[0], streamed[1]] == result.texts
+
+
+def test_unknown_prime_characters_are_counted_not_fatal(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    result = sample(model, tok, "the ☃ fox", SampleSettings(length=10, seed=0))
+    assert result.prime_unknown == 1 and len(result.texts[0]) == 10
+    with pytest.raises(CharrnnError, match="only characters the model never saw"):
+        sample(model, tok, "☃☃", SampleSettings(length=10))
+
+
+def test_never_samples_unknown(model_and_tokenizer) -> None:
+    model, tok = model_and_tokenizer
+    with torch.no_grad():
+        model.head.bias[tok.unk_id] = 100.0  # make <unk> overwhelmingly likely
+    try:
+        text = sample(model, tok, "the", SampleSettings(length=40, seed=0, temperature=1.0)).texts[0]
+    finally:
+        with torch.no_grad():
+            model.head.bias[tok.unk_id] = 0.0
+    assert "\ufffd" not in text
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top-p"),
+        ({"top_p": 1.5}, "top-p"),
+        ({"top_k": -2}, "top-k"),
+        ({"length": 10**12}, "length"),
+        ({"num_samples": 0}, "num-samples"),
+        ({"stop": ("",)}, "stop"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, message) -> None:
+    with pytest.raises(CharrnnError, match=message):
+        SampleSettings(**kwargs)
