@@ -70,24 +70,31 @@ def train(
     val_file: Annotated[Optional[list[str]], typer.Option(help="Validation text instead of --val-frac.")] = None,
     val_frac: Annotated[float, typer.Option(help="Fraction of the text (its end) held out for validation.")] = 0.05,
     test_frac: Annotated[float, typer.Option(help="Fraction held out for testing (after validation).")] = 0.0,
+    preset: Annotated[
+        str, typer.Option(help="Defaults for the options marked [preset]: auto (gpu on CUDA, else cpu), cpu or gpu.")
+    ] = "auto",
     tokenizer: Annotated[str, typer.Option(help="char, byte, bpe or unigram.")] = "char",
     vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size for bpe/unigram.")] = None,
-    cell: Annotated[str, typer.Option(help="lstm, gru or rnn.")] = "lstm",
-    layers: Annotated[int, typer.Option(help="Stacked RNN layers.")] = 2,
-    hidden: Annotated[int, typer.Option(help="Hidden units per layer.")] = 512,
-    embed: Annotated[int, typer.Option(help="Embedding size.")] = 128,
+    cell: Annotated[Optional[str], typer.Option(help="lstm, gru or rnn [preset].")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Stacked RNN layers [preset].")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer [preset].")] = None,
+    embed: Annotated[Optional[int], typer.Option(help="Embedding size [preset].")] = None,
     dropout: Annotated[
         Optional[float], typer.Option(help="Sets --dropout-hidden and --dropout-output together.")
     ] = None,
-    dropout_embed: Annotated[float, typer.Option(help="Dropout on embeddings.")] = 0.0,
-    dropout_hidden: Annotated[float, typer.Option(help="Dropout between RNN layers.")] = 0.1,
-    dropout_output: Annotated[float, typer.Option(help="Dropout before the output layer.")] = 0.1,
-    tie: Annotated[bool, typer.Option("--tie/--no-tie", help="Tie input and output embeddings.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Parallel streams per step.")] = 32,
-    seq_len: Annotated[int, typer.Option(help="Tokens per stream per step (BPTT length).")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 3e-3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on matrices.")] = 0.01,
-    warmup: Annotated[int, typer.Option(help="Warmup steps.")] = 50,
+    dropout_embed: Annotated[Optional[float], typer.Option(help="Dropout on embeddings [preset].")] = None,
+    dropout_hidden: Annotated[Optional[float], typer.Option(help="Dropout between RNN layers [preset].")] = None,
+    dropout_output: Annotated[Optional[float], typer.Option(help="Dropout before the output layer [preset].")] = None,
+    tie: Annotated[
+        Optional[bool], typer.Option("--tie/--no-tie", help="Tie input and output embeddings [preset].")
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams per step [preset].")] = None,
+    seq_len: Annotated[
+        Optional[int], typer.Option(help="Tokens per stream per step, the BPTT length [preset].")
+    ] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of AdamW [preset].")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay on matrices [preset].")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Warmup steps [preset].")] = None,
     schedule: Annotated[str, typer.Option(help="cosine or constant.")] = "cosine",
     min_lr_frac: Annotated[float, typer.Option(help="Cosine floor as a fraction of --lr.")] = 0.05,
     grad_clip: Annotated[float, typer.Option(help="Global gradient-norm clip (0 = off).")] = 1.0,
@@ -95,6 +102,9 @@ def train(
     max_epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the text.")] = None,
     max_time: Annotated[Optional[str], typer.Option(help="Stop after this long, e.g. 90s, 5m, 2h.")] = None,
     eval_interval: Annotated[int, typer.Option(help="Steps between validation passes.")] = 200,
+    eval_tokens: Annotated[
+        int, typer.Option(help="Validation tokens scored during training (0 = the whole split).")
+    ] = 1_000_000,
     patience: Annotated[
         Optional[int], typer.Option(help="Stop after this many evaluations without improvement.")
     ] = None,
@@ -127,31 +137,11 @@ def train(
             raise CharrnnError("no corpus given and the bundled default corpus is not installed: pass a text file")
         if dropout is not None:
             dropout_hidden = dropout_output = dropout
-        cfg = TrainConfig(
-            tokenizer=tokenizer,
-            vocab_size=vocab_size,
-            val_frac=0.0 if val_file else val_frac,
-            test_frac=test_frac,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_steps=warmup,
-            schedule=schedule,
-            min_lr_frac=min_lr_frac,
-            grad_clip=grad_clip,
-            max_steps=max_steps,
-            max_epochs=max_epochs,
-            max_time=seconds,
-            eval_interval=eval_interval,
-            patience=patience,
-            log_interval=log_interval,
-            save_interval=save_interval,
-            seed=seed,
-            device=device,
-            precision=precision,
-        )
-        model_settings = dict(
+        from charrnn.config import ModelConfig, preset_settings
+        from charrnn.devices import resolve_device
+
+        chosen = preset_settings(preset, resolve_device(device).type)
+        given_model = dict(
             cell=cell,
             num_layers=layers,
             hidden_size=hidden,
@@ -161,8 +151,32 @@ def train(
             dropout_output=dropout_output,
             tie_weights=tie,
         )
-        from charrnn.config import ModelConfig
-
+        given_train = dict(
+            batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay, warmup_steps=warmup
+        )
+        model_settings = {**chosen["model"], **{k: v for k, v in given_model.items() if v is not None}}
+        train_settings = {**chosen["train"], **{k: v for k, v in given_train.items() if v is not None}}
+        cfg = TrainConfig(
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            val_frac=0.0 if val_file else val_frac,
+            test_frac=test_frac,
+            schedule=schedule,
+            min_lr_frac=min_lr_frac,
+            grad_clip=grad_clip,
+            max_steps=max_steps,
+            max_epochs=max_epochs,
+            max_time=seconds,
+            eval_interval=eval_interval,
+            eval_tokens=eval_tokens or None,
+            patience=patience,
+            log_interval=log_interval,
+            save_interval=save_interval,
+            seed=seed,
+            device=device,
+            precision=precision,
+            **train_settings,
+        )
         ModelConfig(vocab_size=2, **model_settings)  # refuse bad sizes before reading any text
         found = find_corpus(sources, pattern=glob, encoding=encoding)
         val_corpus = find_corpus(val_file, encoding=encoding) if val_file else None

@@ -84,6 +84,7 @@ class TrainConfig:
     max_time: float | None = None  # seconds
     # evaluation, early stopping, logging
     eval_interval: int = 200  # steps between validation passes
+    eval_tokens: int | None = 1_000_000  # validation tokens scored during training (None: all)
     patience: int | None = None  # validation passes without improvement before stopping
     log_interval: int = 20  # steps between progress updates and metrics lines
     save_interval: int | None = None  # steps between saves of `last` (default: every evaluation)
@@ -120,6 +121,7 @@ class TrainConfig:
             self.max_time is None or (math.isfinite(self.max_time) and self.max_time > 0), "--max-time must be positive"
         )
         _check(self.eval_interval >= 1, "--eval-interval must be at least 1")
+        _check(self.eval_tokens is None or self.eval_tokens >= 2, "--eval-tokens must be at least 2")
         _check(self.patience is None or self.patience >= 1, "--patience must be at least 1")
         _check(self.log_interval >= 1, "--log-interval must be at least 1")
         _check(self.save_interval is None or self.save_interval >= 1, "--save-interval must be at least 1")
@@ -127,6 +129,47 @@ class TrainConfig:
         _check(
             self.precision in PRECISIONS, f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
         )
+
+
+# Presets fill in whatever the command line leaves unset. `auto` picks `gpu` on CUDA, `cpu` elsewhere.
+# The figures behind each choice are in the README's "Performance" section.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {
+        "model": dict(
+            cell="lstm",
+            num_layers=2,
+            hidden_size=256,
+            embed_size=64,
+            dropout_embed=0.0,
+            dropout_hidden=0.1,
+            dropout_output=0.1,
+            tie_weights=False,
+        ),
+        "train": dict(batch_size=32, seq_len=128, lr=3e-3, warmup_steps=50, weight_decay=0.01),
+    },
+    "gpu": {
+        "model": dict(
+            cell="lstm",
+            num_layers=3,
+            hidden_size=1024,
+            embed_size=128,
+            dropout_embed=0.1,
+            dropout_hidden=0.25,
+            dropout_output=0.25,
+            tie_weights=False,
+        ),
+        "train": dict(batch_size=128, seq_len=256, lr=2e-3, warmup_steps=100, weight_decay=0.1),
+    },
+}
+PRESET_NAMES = ("auto", "cpu", "gpu")
+
+
+def preset_settings(name: str, device_type: str) -> dict[str, dict[str, Any]]:
+    """The model and training settings of a preset; 'auto' goes by the device."""
+    _check(name in PRESET_NAMES, f"unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)}")
+    if name == "auto":
+        name = "gpu" if device_type == "cuda" else "cpu"
+    return PRESETS[name]
 
 
 Config = TypeVar("Config", ModelConfig, TrainConfig)

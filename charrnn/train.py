@@ -29,7 +29,7 @@ from charrnn import __version__
 from charrnn.checkpoint import load_checkpoint, save_checkpoint, train_config_of
 from charrnn.config import ModelConfig, TrainConfig, asdict, from_dict
 from charrnn.corpus import Corpus, find_corpus
-from charrnn.data import Dataset, StreamBatcher, fit_batch_size, prepare_dataset
+from charrnn.data import Dataset, Split, StreamBatcher, fit_batch_size, prepare_dataset
 from charrnn.devices import resolve_device, use_bf16
 from charrnn.errors import CharrnnError, Interrupted
 from charrnn.evaluate import evaluate
@@ -265,7 +265,12 @@ class Trainer:
     def validate(self) -> float | None:
         if self.data.val is None:
             return None
-        result = evaluate(self.model, self.data.val, self.data.tokenizer, autocast=self.bf16)
+        val = self.data.val
+        if self.cfg.eval_tokens is not None and val.num_tokens > self.cfg.eval_tokens:
+            # A huge validation split is sampled by its first eval_tokens tokens during training.
+            share = self.cfg.eval_tokens / val.num_tokens
+            val = Split(val.tokens[: self.cfg.eval_tokens], max(2, round(val.num_chars * share)))
+        result = evaluate(self.model, val, self.data.tokenizer, autocast=self.bf16)
         return result.nats_per_char
 
     def fit(self, stop: _StopFlag | None = None) -> TrainResult:
