@@ -1,0 +1,385 @@
+"""CPU benchmarks for the performance targets: loop overhead, sampling speed, tokenization
+and big corpora, and quality per second on the nanoGPT shakespeare_char protocol.
+
+    python scripts/bench_cpu.py                      # everything (about 10 minutes)
+    python scripts/bench_cpu.py --only loop,sample   # a subset
+    python scripts/bench_cpu.py --quality 90,300 --out bench.md
+
+Every figure is measured in this process or in a child started by it, against a
+baseline measured in the same run, so ratios hold on a shared machine. The
+report starts with the machine, the commit and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from charrnn.config import ModelConfig, TrainConfig, preset_settings  # noqa: E402
+from charrnn.model import RNNLanguageModel  # noqa: E402
+
+SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+KJV = ROOT / "corpora" / "kjv.txt"
+PRESET = preset_settings("cpu", "cpu")
+
+
+def header(command: str) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return (
+        f"- machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}\n"
+        f"- software: Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads\n"
+        f"- commit: {commit.stdout.strip() or '?'}{' (with uncommitted changes)' if dirty else ''}\n"
+        f"- command: `{command}`\n"
+        f"- load average at start: {os.getloadavg()[0]:.2f}\n"
+    )
+
+
+# ----- 1. the training loop against a bare fused step -----
+
+
+def bare_step_rate(model_cfg: ModelConfig, batch: int, seq: int, steps: int) -> float:
+    """chars/s of embedding -> nn.LSTM -> head -> loss -> backward -> AdamW, nothing else."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(model_cfg.vocab_size, model_cfg.embed_size)
+    rnn = torch.nn.LSTM(model_cfg.embed_size, model_cfg.hidden_size, model_cfg.num_layers)
+    head = torch.nn.Linear(model_cfg.hidden_size, model_cfg.vocab_size)
+    params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    data = torch.randint(0, model_cfg.vocab_size, (steps + 3, seq + 1, batch))
+    state = None
+    times = []
+    for i in range(steps + 3):
+        start = time.perf_counter()
+        out, state = rnn(emb(data[i, :-1]), state)
+        loss = torch.nn.functional.cross_entropy(head(out).flatten(0, 1), data[i, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        state = tuple(s.detach() for s in state)
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return batch * seq / statistics.median(times)
+
+
+def trainer_rate(text_path: Path, steps: int) -> float:
+    """chars/s that charrnn's Trainer reaches on real text, median over its logging windows."""
+    from charrnn.corpus import find_corpus
+    from charrnn.train import train
+
+    cfg = TrainConfig(**PRESET["train"], max_steps=steps, eval_interval=10**9, log_interval=5, val_frac=0.01)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(find_corpus([str(text_path)]), PRESET["model"], cfg, Path(tmp) / "run")
+    rates = [r["chars_per_sec"] for r in result.history[1:] if "val_loss" not in r]
+    return statistics.median(rates)
+
+
+def bench_loop(text_path: Path, rounds: int = 3, steps: int = 30) -> list[str]:
+    model_cfg = ModelConfig(vocab_size=65, **PRESET["model"])
+    batch, seq = PRESET["train"]["batch_size"], PRESET["train"]["seq_len"]
+    bare, ours = [], []
+    for _ in range(rounds):  # interleaved, so a change in machine load hits both alike
+        bare.append(bare_step_rate(model_cfg, batch, seq, steps))
+        ours.append(trainer_rate(text_path, steps + 5))
+    b, o = statistics.median(bare), statistics.median(ours)
+    return [
+        "| loop | figure |",
+        "| --- | --- |",
+        f"| bare fused step ({model_cfg.num_layers}x{model_cfg.hidden_size} LSTM, batch {batch}x{seq}) | "
+        f"{b:,.0f} chars/s |",
+        f"| charrnn Trainer, same shape | {o:,.0f} chars/s |",
+        f"| ratio (target >= 0.90) | {o / b:.3f} |",
+    ]
+
+
+# ----- 2. sampling -----
+
+
+def bare_sampling_rate(model: RNNLanguageModel, n: int) -> float:
+    """A plain loop calling the fused module one character at a time (the usual approach)."""
+    x = torch.zeros(1, 1, dtype=torch.long)
+    state = None
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        start = time.perf_counter()
+        for _ in range(n):
+            out, state = model.rnn(model.embed(x), state)
+            probs = torch.softmax(model.head(out[-1]) / 0.8, dim=-1)
+            x = torch.multinomial(probs, 1, generator=gen).view(1, 1)
+    return n / (time.perf_counter() - start)
+
+
+def bench_sampling(n: int = 4000) -> list[str]:
+    from charrnn.generate import SampleSettings, sample
+    from charrnn.tokenizers import train_tokenizer
+
+    text = SHAKESPEARE.read_text() if SHAKESPEARE.is_file() else KJV.read_text()[:1_000_000]
+    tok = train_tokenizer("char", text)
+    torch.manual_seed(0)
+    model = RNNLanguageModel(ModelConfig(vocab_size=tok.vocab_size, **PRESET["model"])).eval()
+    variants = {
+        "temperature 0.8": SampleSettings(length=n, temperature=0.8, seed=1),
+        "temperature 1.0, top-k 10": SampleSettings(length=n, temperature=1.0, top_k=10, seed=1),
+        "temperature 1.0, top-p 0.9": SampleSettings(length=n, temperature=1.0, top_p=0.9, seed=1),
+        "greedy": SampleSettings(length=n, temperature=0.0),
+    }
+    rows = ["| sampling, one stream, CPU default model | chars/s |", "| --- | --- |"]
+    base = bare_sampling_rate(model, n // 4)
+    rows.append(f"| bare loop over nn.LSTM, one char per call | {base:,.0f} |")
+    rates = {}
+    for name, settings in variants.items():
+        rates[name] = statistics.median(sample(model, tok, "\n", settings).chars_per_sec for _ in range(3))
+        rows.append(f"| charrnn sample, {name} | {rates[name]:,.0f} |")
+    batch = SampleSettings(length=n // 4, temperature=0.8, seed=1, num_samples=256)
+    many = sample(model, tok, "\n", batch).chars_per_sec
+    rows.append(f"| charrnn sample, 256 streams in one batch (total) | {many:,.0f} |")
+    worst = min(rates.values()) / rates["temperature 0.8"]
+    rows.append(f"| slowest variant / temperature-only (target >= 0.80) | {worst:.3f} |")
+    return rows
+
+
+def bench_startup(run_dir: Path) -> list[str]:
+    """Seconds from starting `charrnn sample` to its first generated character, and torch's import alone."""
+
+    def first_output(cmd: list[str]) -> float:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
+        proc.stdout.read(1)
+        elapsed = time.perf_counter() - start
+        proc.wait()
+        return elapsed
+
+    python = sys.executable
+    sample_cmd = [python, "-m", "charrnn", "sample", str(run_dir), "--length", "20", "--seed", "1"]
+    import_cmd = [python, "-c", "import torch; print('x')"]
+    first = statistics.median(first_output(sample_cmd) for _ in range(3))
+    imp = statistics.median(first_output(import_cmd) for _ in range(3))
+    return [
+        "| start-up | seconds |",
+        "| --- | --- |",
+        f"| `charrnn sample` to first character (target <= 1.0) | {first:.2f} |",
+        f"| `python -c 'import torch'` alone | {imp:.2f} |",
+    ]
+
+
+# ----- 3. tokenization and big corpora -----
+
+
+def bench_tokenize(megabytes: int = 100) -> list[str]:
+    from charrnn.tokenizers import train_tokenizer
+
+    base = KJV.read_text()
+    text = (base * (megabytes * 2**20 // len(base) + 1))[: megabytes * 2**20]
+    tok = train_tokenizer("char", base)
+    tok.encode(text[:1000])
+    start = time.perf_counter()
+    tok.encode(text)
+    rate = len(text) / 2**20 / (time.perf_counter() - start)
+    return [
+        "| tokenization | figure |",
+        "| --- | --- |",
+        f"| char encode, {megabytes} MB of ASCII (target >= 50 MB/s) | {rate:,.0f} MB/s |",
+    ]
+
+
+BIG_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from charrnn.config import TrainConfig, preset_settings
+from charrnn.corpus import find_corpus
+from charrnn.train import Report, train
+preset = preset_settings("cpu", "cpu")
+first = {}
+def on_log(record):
+    first.setdefault("step", time.perf_counter() - t0)
+cfg = TrainConfig(**preset["train"], max_steps=3, log_interval=1, eval_interval=10**9, eval_tokens=100_000)
+train(find_corpus([sys.argv[1]]), preset["model"], cfg, Path(sys.argv[2]), report=Report(on_log=on_log))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"first_step_s": first["step"], "total_s": time.perf_counter() - t0, "peak_rss_mb": peak}))
+"""
+
+
+def bench_big(gigabytes: float) -> list[str]:
+    rows = ["| big corpus | cache miss | cache hit |", "| --- | --- | --- |"]
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        big = Path(tmp) / "big.txt"
+        base = KJV.read_bytes()
+        target = int(gigabytes * 2**30)
+        with open(big, "wb") as out:
+            written = 0
+            while written < target:
+                out.write(base[: target - written])
+                written += min(len(base), target - written)
+        env = {**os.environ, "CHARRNN_CACHE_DIR": str(Path(tmp) / "cache")}
+        results = []
+        for attempt in ("miss", "hit"):
+            out = subprocess.run(
+                [sys.executable, "-c", BIG_CHILD, str(big), str(Path(tmp) / f"run-{attempt}")],
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
+            if out.returncode != 0:
+                raise SystemExit(out.stderr)
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    miss, hit = results
+    size = f"{gigabytes:g} GB"
+    rows.append(
+        f"| {size}: time to the first training step (target <= 10 s on a hit) | "
+        f"{miss['first_step_s']:.1f} s | {hit['first_step_s']:.1f} s |"
+    )
+    rows.append(
+        f"| {size}: peak resident memory (target < 2048 MB) | {miss['peak_rss_mb']:,.0f} MB | "
+        f"{hit['peak_rss_mb']:,.0f} MB |"
+    )
+    rows.append(
+        f"| {size}: tokenize-and-cache rate | {gigabytes * 1024 / miss['first_step_s']:,.0f} MB/s "
+        "(whole first run up to step 1) | - |"
+    )
+    return rows
+
+
+# ----- 4. quality per second, nanoGPT's protocol -----
+
+QUALITY_CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from pathlib import Path
+from charrnn.config import TrainConfig, preset_settings
+from charrnn.corpus import find_corpus
+from charrnn.train import train
+budget, reserve = float(sys.argv[2]), float(sys.argv[3])
+preset = preset_settings("cpu", "cpu")
+cfg = TrainConfig(**preset["train"], val_frac=0.1, max_time=budget - reserve - (time.perf_counter() - t0),
+                  eval_interval=10**9, eval_tokens=None, log_interval=50)
+result = train(find_corpus([sys.argv[1]]), preset["model"], cfg, Path(sys.argv[4]))
+print(json.dumps({"val": result.last_val, "seconds": time.perf_counter() - t0, "steps": result.steps,
+                  "chars_per_sec": result.chars_per_sec}))
+"""
+
+
+def eval_seconds(val_chars: int) -> float:
+    """How long the final full validation pass takes for the default model (measured, untimed run)."""
+    from charrnn.data import Split
+    from charrnn.evaluate import evaluate
+    from charrnn.tokenizers import train_tokenizer
+
+    tok = train_tokenizer("char", SHAKESPEARE.read_text())
+    model = RNNLanguageModel(ModelConfig(vocab_size=tok.vocab_size, **PRESET["model"]))
+    sample_chars = min(val_chars, 20_000)
+    split = Split(torch.randint(0, tok.vocab_size, (sample_chars,), dtype=torch.uint8), sample_chars)
+    start = time.perf_counter()
+    evaluate(model, split, tok)
+    return (time.perf_counter() - start) * val_chars / sample_chars
+
+
+def bench_quality(budgets: list[float]) -> list[str]:
+    if not SHAKESPEARE.is_file():
+        return [f"(quality skipped: {SHAKESPEARE} not present)"]
+    val_chars = len(SHAKESPEARE.read_text()) - int(len(SHAKESPEARE.read_text()) * 0.9)
+    reserve = eval_seconds(val_chars) * 1.15 + 1.0
+    rows = [
+        "| budget | val loss (nats/char) | bits/char | measured seconds (incl. loading, final eval) | steps | "
+        "train chars/s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for budget in budgets:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**os.environ, "CHARRNN_CACHE_DIR": str(Path(tmp) / "cache")}
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    QUALITY_CHILD,
+                    str(SHAKESPEARE),
+                    str(budget),
+                    str(reserve),
+                    str(Path(tmp) / "run"),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
+        if out.returncode != 0:
+            raise SystemExit(out.stderr)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(
+            f"| {budget:g} s | {r['val']:.4f} | {r['val'] / 0.6931471805599453:.4f} | {r['seconds']:.1f} | "
+            f"{r['steps']:,} | {r['chars_per_sec']:,.0f} |"
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only",
+        default="loop,sample,startup,tokenize,big,quality",
+        help="comma-separated subset of: loop, sample, startup, tokenize, big, quality",
+    )
+    parser.add_argument("--quality", default="90,300", help="training budgets in seconds for the quality runs")
+    parser.add_argument("--big-gb", type=float, default=1.0, help="size of the synthetic big corpus")
+    parser.add_argument("--out", type=Path, help="also write the report here")
+    args = parser.parse_args()
+    parts = set(args.only.split(","))
+    command = "python scripts/bench_cpu.py " + " ".join(sys.argv[1:])
+    report = ["# charrnn CPU benchmarks", "", header(command.strip())]
+
+    def section(rows: list[str]) -> None:
+        report.extend([*rows, ""])
+        print("\n".join(rows) + "\n", flush=True)
+
+    print(report[-1], flush=True)
+    text_path = SHAKESPEARE if SHAKESPEARE.is_file() else KJV
+    if "loop" in parts:
+        section(bench_loop(text_path))
+    if "sample" in parts:
+        section(bench_sampling())
+    if "startup" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            from charrnn.corpus import find_corpus
+            from charrnn.train import train
+
+            cfg = TrainConfig(**PRESET["train"], max_steps=1, eval_interval=10**9)
+            train(find_corpus([str(KJV)]), PRESET["model"], cfg, Path(tmp) / "run")
+            section(bench_startup(Path(tmp) / "run"))
+    if "tokenize" in parts:
+        section(bench_tokenize())
+    if "big" in parts:
+        section(bench_big(args.big_gb))
+    if "quality" in parts:
+        section(bench_quality([float(b) for b in args.quality.split(",")]))
+    if args.out:
+        args.out.write_text("\n".join(report) + "\n")
+
+
+if __name__ == "__main__":
+    main()
