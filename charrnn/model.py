@@ -1,7 +1,12 @@
 """The recurrent language model: embedding -> stacked LSTM/GRU/RNN -> linear head.
 
 Training and evaluation run whole windows through the fused `nn.LSTM` /
-`nn.GRU` / `nn.RNN` modules (cuDNN on CUDA, oneDNN on CPU). Generation, which
+`nn.GRU` / `nn.RNN` modules (cuDNN on CUDA, oneDNN on CPU), one module per
+layer with the dropout between layers applied here: the fused modules' own
+inter-layer dropout takes oneDNN off its fast path on the CPU. Dropout is
+"locked" (variational): one mask per sequence window, the same units dropped at
+every time step, which regularizes recurrent models better than a new mask per
+step. Generation, which
 advances one token at a time, uses `SingleStep` instead: the same weights
 rearranged so that one step is a handful of matrix-vector products, with the
 first layer's input projection precomputed as a table lookup.
@@ -21,19 +26,40 @@ State = Tensor | tuple[Tensor, Tensor]
 _RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
+class LockedDropout(nn.Module):
+    """Dropout with one mask per window: x (T, B, C) loses the same units at every time step."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        mask = torch.empty(1, x.shape[1], x.shape[2], device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * mask / (1 - self.p)
+
+
+def _layer_state(state: State | None, layer: int) -> State | None:
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return (state[0][layer : layer + 1], state[1][layer : layer + 1])
+    return state[layer : layer + 1]
+
+
 class RNNLanguageModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
-        self.drop_embed = nn.Dropout(cfg.dropout_embed)
-        self.rnn = _RNN_CLASSES[cfg.cell](
-            cfg.embed_size,
-            cfg.hidden_size,
-            num_layers=cfg.num_layers,
-            dropout=cfg.dropout_hidden if cfg.num_layers > 1 else 0.0,
+        self.drop_embed = LockedDropout(cfg.dropout_embed)
+        cell = _RNN_CLASSES[cfg.cell]
+        self.rnns = nn.ModuleList(
+            cell(cfg.embed_size if layer == 0 else cfg.hidden_size, cfg.hidden_size) for layer in range(cfg.num_layers)
         )
-        self.drop_output = nn.Dropout(cfg.dropout_output)
+        self.drop_hidden = LockedDropout(cfg.dropout_hidden)
+        self.drop_output = LockedDropout(cfg.dropout_output)
         head_in = cfg.hidden_size
         self.proj: nn.Linear | None = None
         if cfg.tie_weights and cfg.hidden_size != cfg.embed_size:
@@ -50,8 +76,8 @@ class RNNLanguageModel(nn.Module):
         if self.cfg.cell == "lstm":
             # A forget-gate bias of 1 lets gradients flow through time from the first step.
             h = self.cfg.hidden_size
-            for name, param in self.rnn.named_parameters():
-                if name.startswith("bias_ih"):
+            for name, param in self.rnns.named_parameters():
+                if ".bias_ih" in name:
                     with torch.no_grad():
                         param[h : 2 * h].fill_(1.0)
 
@@ -67,8 +93,17 @@ class RNNLanguageModel(nn.Module):
         self, idx: Tensor, state: State | None = None, targets: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None, State]:
         """idx and targets: (T, B) token ids. Returns logits (T, B, V), mean loss or None, new state."""
-        x = self.drop_embed(self.embed(idx))  # (T, B, E)
-        out, state = self.rnn(x, state)  # (T, B, H)
+        out = self.drop_embed(self.embed(idx))  # (T, B, E)
+        layer_states = []
+        for layer, rnn in enumerate(self.rnns):
+            if layer:
+                out = self.drop_hidden(out)
+            out, layer_state = rnn(out, _layer_state(state, layer))  # (T, B, H)
+            layer_states.append(layer_state)
+        if self.cfg.cell == "lstm":
+            state = (torch.cat([s[0] for s in layer_states]), torch.cat([s[1] for s in layer_states]))
+        else:
+            state = torch.cat(layer_states)
         out = self.drop_output(out)
         if self.proj is not None:
             out = self.proj(out)
@@ -108,10 +143,10 @@ class SingleStep:
         self.cell = cfg.cell
         self.hidden = cfg.hidden_size
         self.layers = cfg.num_layers
-        rnn = model.rnn
+        rnns = model.rnns
         with torch.no_grad():
-            w_ih0, w_hh0 = rnn.weight_ih_l0.float(), rnn.weight_hh_l0.float()
-            b_ih0, b_hh0 = rnn.bias_ih_l0.float(), rnn.bias_hh_l0.float()
+            w_ih0, w_hh0 = rnns[0].weight_ih_l0.float(), rnns[0].weight_hh_l0.float()
+            b_ih0, b_hh0 = rnns[0].bias_ih_l0.float(), rnns[0].bias_hh_l0.float()
             self.table = model.embed.weight.float() @ w_ih0.t() + b_ih0  # (V, G*H)
             # Per layer: weights for [input, hidden] -> gates, and the hidden bias.
             self.w_hh: list[Tensor] = [w_hh0.t().contiguous()]
@@ -119,12 +154,12 @@ class SingleStep:
             self.b_hh: list[Tensor] = [b_hh0]
             self.b_ih: list[Tensor] = [torch.zeros_like(b_ih0)]
             for layer in range(1, cfg.num_layers):
-                w_ih = getattr(rnn, f"weight_ih_l{layer}").float()
-                w_hh = getattr(rnn, f"weight_hh_l{layer}").float()
+                w_ih = rnns[layer].weight_ih_l0.float()
+                w_hh = rnns[layer].weight_hh_l0.float()
                 self.w_hh.append(w_hh.t().contiguous())
                 self.w_cat.append(torch.cat([w_ih, w_hh], dim=1).t().contiguous())  # (2H, G*H)
-                self.b_ih.append(getattr(rnn, f"bias_ih_l{layer}").float())
-                self.b_hh.append(getattr(rnn, f"bias_hh_l{layer}").float())
+                self.b_ih.append(rnns[layer].bias_ih_l0.float())
+                self.b_hh.append(rnns[layer].bias_hh_l0.float())
             if cfg.cell != "gru":
                 # LSTM and RNN add both biases; fold the hidden one in once.
                 self.table = self.table + b_hh0

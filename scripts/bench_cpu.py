@@ -122,13 +122,15 @@ def bench_loop(text_path: Path, rounds: int = 3, steps: int = 30) -> list[str]:
 
 def bare_sampling_rate(model: RNNLanguageModel, n: int) -> float:
     """A plain loop calling the fused module one character at a time (the usual approach)."""
+    cfg = model.cfg
+    rnn = torch.nn.LSTM(cfg.embed_size, cfg.hidden_size, cfg.num_layers)  # the one fused module, all layers
     x = torch.zeros(1, 1, dtype=torch.long)
     state = None
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         start = time.perf_counter()
         for _ in range(n):
-            out, state = model.rnn(model.embed(x), state)
+            out, state = rnn(model.embed(x), state)
             probs = torch.softmax(model.head(out[-1]) / 0.8, dim=-1)
             x = torch.multinomial(probs, 1, generator=gen).view(1, 1)
     return n / (time.perf_counter() - start)
