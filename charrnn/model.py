@@ -14,6 +14,8 @@ first layer's input projection precomputed as a table lookup.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -131,93 +133,87 @@ def select_state(state: State, keep: Tensor) -> State:
 class SingleStep:
     """One-token-at-a-time inference with the weights of a trained model.
 
-    Per layer and step this costs one matrix product (input and hidden
-    projections fused into one) plus the gate arithmetic; the first layer's
-    input projection is a row of a precomputed (vocab, gates) table. This is
-    several times faster than calling the fused module with a sequence of one,
-    whose per-call overhead dominates at small batch sizes.
+    At batch size one, each torch call costs more in dispatch than in
+    arithmetic, so the step is written to make as few calls as possible: the
+    first layer's input projection (embedding times input weights plus both
+    biases) is a precomputed (vocab, gates) table, so it costs one row lookup;
+    each later layer costs two matrix products; an LSTM cell's gates take one
+    sigmoid over all four gates and one tanh. The state travels between steps
+    as per-layer lists (`begin` / `end` convert from and to the model's
+    stacked layout), and a temperature is folded into the head's product.
     """
 
-    def __init__(self, model: RNNLanguageModel) -> None:
+    def __init__(self, model: RNNLanguageModel, banned: Sequence[int] = ()) -> None:
         cfg = model.cfg
-        self.cell = cfg.cell
-        self.hidden = cfg.hidden_size
-        self.layers = cfg.num_layers
+        self.cell, self.hidden, self.layers = cfg.cell, cfg.hidden_size, cfg.num_layers
         rnns = model.rnns
         with torch.no_grad():
-            w_ih0, w_hh0 = rnns[0].weight_ih_l0.float(), rnns[0].weight_hh_l0.float()
-            b_ih0, b_hh0 = rnns[0].bias_ih_l0.float(), rnns[0].bias_hh_l0.float()
-            self.table = model.embed.weight.float() @ w_ih0.t() + b_ih0  # (V, G*H)
-            # Per layer: weights for [input, hidden] -> gates, and the hidden bias.
-            self.w_hh: list[Tensor] = [w_hh0.t().contiguous()]
-            self.w_cat: list[Tensor | None] = [None]
-            self.b_hh: list[Tensor] = [b_hh0]
-            self.b_ih: list[Tensor] = [torch.zeros_like(b_ih0)]
-            for layer in range(1, cfg.num_layers):
-                w_ih = rnns[layer].weight_ih_l0.float()
-                w_hh = rnns[layer].weight_hh_l0.float()
-                self.w_hh.append(w_hh.t().contiguous())
-                self.w_cat.append(torch.cat([w_ih, w_hh], dim=1).t().contiguous())  # (2H, G*H)
-                self.b_ih.append(rnns[layer].bias_ih_l0.float())
-                self.b_hh.append(rnns[layer].bias_hh_l0.float())
-            if cfg.cell != "gru":
-                # LSTM and RNN add both biases; fold the hidden one in once.
-                self.table = self.table + b_hh0
-                self.b_ih = [b_ih + b_hh for b_ih, b_hh in zip(self.b_ih, self.b_hh)]
-                self.b_ih[0] = torch.zeros_like(self.b_ih[0])
+            first = rnns[0]
+            self.table = torch.addmm(
+                first.bias_ih_l0.float(), model.embed.weight.float(), first.weight_ih_l0.float().t()
+            )
+            if cfg.cell != "gru":  # GRU keeps the hidden bias apart: it sits inside the reset gate
+                self.table += first.bias_hh_l0.float()
+            self.w_ih = [rnn.weight_ih_l0.float().t().contiguous() for rnn in rnns]  # (in, G*H); [0] unused
+            self.w_hh = [rnn.weight_hh_l0.float().t().contiguous() for rnn in rnns]  # (H, G*H)
+            self.b_ih = [rnn.bias_ih_l0.float() + (0 if cfg.cell == "gru" else rnn.bias_hh_l0.float()) for rnn in rnns]
+            self.b_hh = [rnn.bias_hh_l0.float() for rnn in rnns]
             self.head_w = model.head.weight.float().t().contiguous()  # (E or H, V)
-            self.head_b = model.head.bias.float()
+            self.head_b = model.head.bias.float().clone()
+            self.head_b[list(banned)] = float("-inf")  # ids that must never be produced, e.g. <unk>
             self.proj = model.proj.weight.float().t().contiguous() if model.proj is not None else None
 
-    @torch.no_grad()
-    def __call__(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        """tokens: (B,) ids; state as from `init_state`. Returns logits (B, V) and the new state."""
+    def begin(self, state: State) -> list:
+        """The model's stacked state as per-layer entries."""
+        if isinstance(state, tuple):
+            return [(state[0][i], state[1][i]) for i in range(self.layers)]
+        return [state[i] for i in range(self.layers)]
+
+    def end(self, layers: list) -> State:
         if self.cell == "lstm":
-            hs, cs = state  # type: ignore[misc]
-            new_h, new_c = [], []
-            x = None
-            for layer in range(self.layers):
-                h, c = hs[layer], cs[layer]
-                if layer == 0:
+            return (torch.stack([h for h, _ in layers]), torch.stack([c for _, c in layers]))
+        return torch.stack(layers)
+
+    @torch.inference_mode()
+    def advance(self, tokens: Tensor, layers: list, scale: float = 1.0) -> tuple[Tensor, list]:
+        """tokens (B,) -> logits (B, V) times `scale`, and the per-layer state after them."""
+        h_size = self.hidden
+        out: list = []
+        x = None
+        for i, layer_state in enumerate(layers):
+            if self.cell == "lstm":
+                h, c = layer_state
+                if i == 0:
                     gates = torch.addmm(self.table[tokens], h, self.w_hh[0])
                 else:
-                    gates = torch.addmm(self.b_ih[layer], torch.cat([x, h], dim=1), self.w_cat[layer])
-                i, f, g, o = gates.chunk(4, dim=1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                x = torch.sigmoid(o) * torch.tanh(c)
-                new_h.append(x)
-                new_c.append(c)
-            out_state: State = (torch.stack(new_h), torch.stack(new_c))
-        elif self.cell == "gru":
-            new_h = []
-            x = None
-            for layer in range(self.layers):
-                h = state[layer]  # type: ignore[index]
-                if layer == 0:
-                    gi = self.table[tokens]
-                else:
-                    gi = torch.addmm(self.b_ih[layer], x, self.w_cat[layer][: self.hidden])
-                gh = torch.addmm(self.b_hh[layer], h, self.w_hh[layer])
-                i_r, i_z, i_n = gi.chunk(3, dim=1)
-                h_r, h_z, h_n = gh.chunk(3, dim=1)
-                r = torch.sigmoid(i_r + h_r)
-                z = torch.sigmoid(i_z + h_z)
-                n = torch.tanh(i_n + r * h_n)
-                x = n + z * (h - n)
-                new_h.append(x)
-            out_state = torch.stack(new_h)
-        else:
-            new_h = []
-            x = None
-            for layer in range(self.layers):
-                h = state[layer]  # type: ignore[index]
-                if layer == 0:
+                    gates = torch.addmm(self.b_ih[i], x, self.w_ih[i]).addmm_(h, self.w_hh[i])
+                s = gates.sigmoid()
+                c = torch.addcmul(
+                    s[:, h_size : 2 * h_size] * c, s[:, :h_size], gates[:, 2 * h_size : 3 * h_size].tanh()
+                )
+                x = s[:, 3 * h_size :] * c.tanh()
+                out.append((x, c))
+            elif self.cell == "gru":
+                h = layer_state
+                gi = self.table[tokens] if i == 0 else torch.addmm(self.b_ih[i], x, self.w_ih[i])
+                gh = torch.addmm(self.b_hh[i], h, self.w_hh[i])
+                rz = (gi[:, : 2 * h_size] + gh[:, : 2 * h_size]).sigmoid()
+                n = torch.addcmul(gi[:, 2 * h_size :], rz[:, :h_size], gh[:, 2 * h_size :]).tanh()
+                x = torch.addcmul(n, rz[:, h_size:], h - n)
+                out.append(x)
+            else:
+                h = layer_state
+                if i == 0:
                     pre = torch.addmm(self.table[tokens], h, self.w_hh[0])
                 else:
-                    pre = torch.addmm(self.b_ih[layer], torch.cat([x, h], dim=1), self.w_cat[layer])
-                x = torch.tanh(pre)
-                new_h.append(x)
-            out_state = torch.stack(new_h)
+                    pre = torch.addmm(self.b_ih[i], x, self.w_ih[i]).addmm_(h, self.w_hh[i])
+                x = pre.tanh()
+                out.append(x)
         if self.proj is not None:
             x = x @ self.proj
-        return torch.addmm(self.head_b, x, self.head_w), out_state
+        return torch.addmm(self.head_b, x, self.head_w, beta=scale, alpha=scale), out
+
+    def __call__(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        """tokens (B,) and the model's state -> logits (B, V) and the new state."""
+        logits, layers = self.advance(tokens, self.begin(state))
+        return logits, self.end(layers)
