@@ -219,7 +219,19 @@ def prepare_dataset(
     train, val, test = splits
     if train is None:
         raise CharrnnError("the training split is empty")
+    if _one_symbol(train.tokens):
+        symbol = tokenizer.decode([int(train.tokens[0])])
+        raise CharrnnError(
+            f"the training text of {corpus.describe()} is one symbol ({symbol!r}) repeated: there is nothing to learn"
+        )
     return Dataset(tokenizer, train, val, test, corpus_hash)
+
+
+def _one_symbol(tokens: torch.Tensor) -> bool:
+    """Every id the same; read in pieces, so a big corpus stops at its first piece."""
+    step = 1 << 20
+    n = tokens.numel()
+    return n > 0 and all(bool((tokens[i : i + step] == tokens[0]).all()) for i in range(0, n, step))
 
 
 def _read_meta(meta_path: Path, tokens_path: Path) -> dict | None:
@@ -346,6 +358,14 @@ class StreamBatcher:
         chunk = self.tokens[self._window + step * self.seq_len]  # (B, T+1)
         chunk = chunk.to(self.device, non_blocking=True).long().t()
         return chunk[:-1], chunk[1:]
+
+
+def token_counts(tokens: torch.Tensor, vocab_size: int, chunk: int = 1 << 24) -> torch.Tensor:
+    """How often each id occurs, counted a chunk at a time (a memory-mapped split is never copied whole)."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for start in range(0, tokens.numel(), chunk):
+        counts += torch.bincount(tokens[start : start + chunk].long(), minlength=vocab_size)[:vocab_size]
+    return counts
 
 
 def fit_batch_size(num_tokens: int, batch_size: int, seq_len: int, warn: Progress | None = None) -> int:
