@@ -5,6 +5,15 @@ one `SingleStep`. All streams of a batch advance together; a stream that meets
 a stop string or its length is finished, and sampling ends when all are.
 Output is decoded incrementally, so what is handed to `on_text` is always
 valid text, even for a byte-level model in the middle of a multi-byte character.
+
+Token healing: a subword prime may end inside what would have been one longer
+piece ("The wo" encodes as "The", " wo", where " world" is a piece). Conditioning
+on " wo" would steer the model off the segmentations it saw in training, so the
+trailing tokens that a longer piece could cover are taken off the prime, and the
+first tokens generated are constrained to write that text again (a piece that
+starts with it, or a shorter piece it starts with). The text handed out is only
+what comes after the prime, so prime + output reads exactly as before. Char and
+byte tokenizers have one segmentation of any text, so nothing changes for them.
 """
 
 from __future__ import annotations
@@ -84,18 +93,34 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def _pick(logits: torch.Tensor, settings: SampleSettings, generator: torch.Generator) -> torch.Tensor:
+    """Draw one token per row from logits already divided by the temperature.
+
+    The same distribution as sampling from `filter_logits`, in fewer calls: top-k samples among
+    the k values `topk` returns, top-p zeroes the tail of the sorted probabilities (multinomial
+    takes unnormalized weights), and the chosen position maps back to its id.
+    """
     if settings.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    ids = None  # the vocabulary id of each column, when the columns are a sorted subset
+    if 0 < settings.top_k < logits.shape[-1]:
+        logits, ids = torch.topk(logits, settings.top_k, dim=-1)
+    if settings.top_p < 1.0:
+        if ids is None:
+            logits, ids = torch.sort(logits, dim=-1, descending=True)
+        probs = logits.softmax(dim=-1)
+        probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= settings.top_p, 0.0)
+    else:
+        probs = logits.softmax(dim=-1)
+    choice = torch.multinomial(probs, 1, generator=generator)
+    return (choice if ids is None else ids.gather(1, choice)).squeeze(1)
 
 
 class _Stream:
     """One sample's text, what of it has been handed out, and whether it is finished."""
 
-    def __init__(self, tokenizer: Tokenizer, length: int, stops: Sequence[str]) -> None:
+    def __init__(self, tokenizer: Tokenizer, length: int, stops: Sequence[str], healed: str = "") -> None:
         self.decoder = tokenizer.stream_decoder()
+        self.healed = healed  # the prime's own text that generation writes again first; not output
         self.text = ""
         self.emitted = 0
         self.length = length
@@ -105,6 +130,9 @@ class _Stream:
 
     def add(self, piece: str) -> str:
         """Append decoded text; return what may be printed now (held back: a possible stop-string start)."""
+        if self.healed:
+            n = min(len(self.healed), len(piece))  # the constraint makes the decoded text start with it
+            self.healed, piece = self.healed[n:], piece[n:]
         if self.done:
             return ""
         self.text += piece
@@ -129,17 +157,87 @@ class _Stream:
         return out + rest
 
 
-def _start_tokens(tokenizer: Tokenizer, prime: str) -> tuple[torch.Tensor, int]:
-    """Prime ids and how many were unknown; an empty prime starts from a newline."""
+def heal_prime(tokenizer: Tokenizer, ids: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """Token healing: the prime's ids without its longest run of trailing tokens whose text is a
+    proper prefix of some piece, and that text (empty when nothing is taken off)."""
+    texts = tokenizer.token_texts()
+    if all(text is None or len(text) <= 1 for text in texts):
+        return ids, ""  # one piece per character (or byte): a single segmentation, nothing to heal
+    healed = ""
+    cut = ids.numel()
+    for i in reversed(ids.tolist()):
+        text = texts[i] if 0 <= i < len(texts) else None
+        if not text:  # <unk> or a partial UTF-8 byte: stop at a whole-text boundary
+            break
+        candidate = text + healed
+        if not any(p is not None and len(p) > len(candidate) and p.startswith(candidate) for p in texts):
+            break
+        healed, cut = candidate, cut - 1
+    return ids[:cut], healed
+
+
+class _Healing:
+    """Constrains each stream's first tokens to write the healed text again.
+
+    Per stream: `rest`, the healed text not yet written, allows every piece that starts with it
+    or that it starts with; `forced`, the ids left to feed when no piece fits (possible only for
+    text that needs byte pieces), allows exactly the next of them.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, healed: str, batch: int) -> None:
+        self.tokenizer = tokenizer
+        self.texts = tokenizer.token_texts()
+        self.rest = [healed] * batch
+        self.forced: list[list[int]] = [[] for _ in range(batch)]
+        self._masks: dict[str, torch.Tensor] = {}
+
+    @property
+    def active(self) -> bool:
+        return any(self.rest) or any(self.forced)
+
+    def _mask_for(self, rest: str) -> torch.Tensor | None:
+        if rest not in self._masks:
+            allowed = [bool(t) and (t.startswith(rest) or rest.startswith(t)) for t in self.texts]
+            self._masks[rest] = torch.tensor(allowed)
+        mask = self._masks[rest]
+        return mask if bool(mask.any()) else None
+
+    def allowed(self) -> torch.Tensor:
+        """(B, V) bool: the ids each stream may generate next."""
+        rows = []
+        for i, rest in enumerate(self.rest):
+            mask = self._mask_for(rest) if rest else None
+            if rest and mask is None:
+                self.forced[i] = self.tokenizer.encode(rest).tolist()
+                self.rest[i] = ""
+            if self.forced[i]:
+                mask = torch.zeros(len(self.texts), dtype=torch.bool)
+                mask[self.forced[i][0]] = True
+            rows.append(mask if mask is not None else torch.ones(len(self.texts), dtype=torch.bool))
+        return torch.stack(rows)
+
+    def advance(self, tokens: Sequence[int]) -> None:
+        for i, token in enumerate(tokens):
+            if self.forced[i]:
+                self.forced[i].pop(0)
+            elif self.rest[i]:
+                text = self.texts[token] or ""
+                self.rest[i] = self.rest[i][len(text) :] if self.rest[i].startswith(text) else ""
+
+
+def _start_tokens(tokenizer: Tokenizer, prime: str) -> tuple[torch.Tensor, int, str]:
+    """Prime ids to condition on, how many were unknown, and the text healing took off the end.
+    A prime that is empty (or healed away entirely) starts from a newline."""
     ids = tokenizer.encode(prime) if prime else torch.empty(0, dtype=torch.long)
     unknown = int((ids == tokenizer.unk_id).sum()) if tokenizer.unk_id is not None and ids.numel() else 0
     if prime and unknown == ids.numel():
         raise CharrnnError("the prime holds only characters the model never saw in training")
+    ids, healed = heal_prime(tokenizer, ids)
     if ids.numel() == 0:
         ids = tokenizer.encode("\n")
         if ids.numel() == 0 or (tokenizer.unk_id is not None and bool((ids == tokenizer.unk_id).any())):
             ids = torch.tensor([0 if tokenizer.unk_id != 0 else 1])
-    return ids.long(), unknown
+    return ids.long(), unknown, healed
 
 
 @torch.no_grad()
@@ -155,31 +253,47 @@ def sample(
     started = time.perf_counter()
     device = model.embed.weight.device
     model.eval()
-    ids, unknown = _start_tokens(tokenizer, prime)
+    ids, unknown, healed = _start_tokens(tokenizer, prime)
     batch = settings.num_samples
     generator = torch.Generator(device=device)
     generator.manual_seed(settings.seed if settings.seed is not None else int(torch.seed() % 2**63))
-    logits, _, state = model(ids.to(device)[:, None].expand(-1, batch))
-    logits = logits[-1].float()
+    # The temperature divides the logits inside the step's last product; greedy needs no division.
+    scale = 1.0 / settings.temperature if settings.temperature > 0 else 1.0
+    with torch.no_grad():
+        logits, _, state = model(ids.to(device)[:, None].expand(-1, batch))
+    logits = logits[-1].float() * scale
     if tokenizer.unk_id is not None:
         logits[:, tokenizer.unk_id] = float("-inf")  # never generate <unk>
-    step = SingleStep(model)
-    streams = [_Stream(tokenizer, settings.length, settings.stop) for _ in range(batch)]
+    step = SingleStep(model, banned=[] if tokenizer.unk_id is None else [tokenizer.unk_id])
+    layers = step.begin(state)
+    streams = [_Stream(tokenizer, settings.length, settings.stop, healed) for _ in range(batch)]
+    healing = _Healing(tokenizer, healed, batch)
     emit = on_text or (lambda i, t: None)
     generated = 0
-    while not all(s.done for s in streams):
+    unfinished = sum(not s.done for s in streams)
+    # Tokens stay on the device and reach Python (decoding, stop strings, printing) in blocks,
+    # so neither a host round trip nor per-stream Python runs at every step.
+    block = 32 if device.type == "cpu" else 256
+    pending: list[torch.Tensor] = []
+    while unfinished:
+        if healing.active:
+            logits = logits.masked_fill(~healing.allowed().to(device), float("-inf"))
         token = _pick(logits, settings, generator)
+        if healing.active:
+            healing.advance(token.tolist())
+        pending.append(token)
         generated += batch
-        for i, (stream, t) in enumerate(zip(streams, token.tolist())):
-            if not stream.done:
-                out = stream.add(stream.decoder.push([t]))
-                if out:
-                    emit(i, out)
-        if all(s.done for s in streams):
-            break
-        logits, state = step(token, state)
-        if tokenizer.unk_id is not None:
-            logits[:, tokenizer.unk_id] = float("-inf")
+        if len(pending) == block or healing.active or len(pending) >= settings.length:
+            rows = torch.stack(pending, dim=1).tolist()  # (B, steps)
+            pending.clear()
+            for i, (stream, ids) in enumerate(zip(streams, rows)):
+                if not stream.done:
+                    out = stream.add(stream.decoder.push(ids))
+                    if out:
+                        emit(i, out)
+                    unfinished -= stream.done
+        if unfinished:
+            logits, layers = step.advance(token, layers, scale)  # <unk> is banned inside the step
     for i, stream in enumerate(streams):
         rest = stream.finish()
         if rest:
@@ -226,6 +340,7 @@ def sample_run(
         _check_output(output)
     prime_text = _read_prime(prime, prime_file)
     model, tokenizer = model_from_checkpoint(load_checkpoint(run), resolve_device(device))
+    _start_tokens(tokenizer, prime_text)  # refuse an unusable prime before printing it
     live = output is None and sample_settings.num_samples == 1
     if live:
         sys.stdout.write(prime_text)

@@ -39,6 +39,24 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
     assert torch.isfinite(filter_logits(logits, top_p=1e-9)).tolist() == [[True, False, False, False]]
 
 
+@pytest.mark.parametrize("top_k, top_p", [(3, 1.0), (0, 0.7), (4, 0.6), (0, 1.0)])
+def test_draws_stay_inside_the_filtered_set(top_k: int, top_p: float) -> None:
+    from charrnn.generate import _pick
+
+    torch.manual_seed(0)
+    logits = torch.randn(64, 20) * 2
+    allowed = torch.isfinite(filter_logits(logits, top_k, top_p))
+    generator = torch.Generator().manual_seed(0)
+    settings = SampleSettings(temperature=1.0, top_k=top_k, top_p=top_p)
+    seen = torch.zeros_like(allowed)
+    for _ in range(200):
+        token = _pick(logits, settings, generator)
+        assert allowed[torch.arange(64), token].all()
+        seen[torch.arange(64), token] = True
+    if top_k or top_p < 1.0:
+        assert torch.equal(seen, allowed)  # and every allowed token does get drawn
+
+
 def test_same_seed_same_text(model_and_tokenizer) -> None:
     model, tok = model_and_tokenizer
     settings = SampleSettings(length=80, seed=7, temperature=1.0, top_k=10, top_p=0.9)
