@@ -12,7 +12,9 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import zipfile
+import re
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,24 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class _WriteErrors:
+    """A file handle that remembers the OSError a write raised (a full disk, say)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Write through `write(file)` to a temporary file beside `path`, fsync it, rename it over `path`.
 
@@ -62,9 +82,17 @@ def atomic_write(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as handle:
-            write(handle)
+            recorder = _WriteErrors(handle)
+            try:
+                write(recorder)
+            except RuntimeError:
+                if recorder.error is None:
+                    raise
+                raise recorder.error from None  # torch.save reports a failed write as a RuntimeError
             handle.flush()
             os.fsync(handle.fileno())
+        if (slow := os.environ.get("CHARRNN_TEST_SLOW_SAVE")) and path.suffix == ".pt":
+            time.sleep(float(slow))  # test hook: hold a checkpoint between write and rename, for kill tests
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -99,13 +127,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise CharrnnError(f"{path} is empty: not a charrnn checkpoint")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles it then refuses: one message is enough
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CharrnnError(
-            f"{path} was refused: it holds objects a checkpoint must not contain ({first[:160]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError) as exc:
+        # weights_only refuses any global it does not know; anything else it cannot parse is corruption.
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if refused:
+            raise CharrnnError(
+                f"{path} was refused: it asks to load {refused.group(1)}, and a checkpoint may hold only "
+                "tensors and plain values (it was not loaded)"
+            ) from None
+        raise CharrnnError(f"{path} is not a readable charrnn checkpoint (corrupt pickle data)") from None
+    except Exception as exc:  # a damaged file can make torch.load fail in many ways (IndexError, struct.error, ...)
         raise CharrnnError(
             f"{path} is not a readable charrnn checkpoint (truncated or corrupt: {type(exc).__name__})"
         ) from None
@@ -129,14 +163,29 @@ def model_from_checkpoint(
     payload: dict[str, Any], device: torch.device | str = "cpu"
 ) -> tuple[RNNLanguageModel, Tokenizer]:
     """Build the model and tokenizer a checkpoint describes and load its weights."""
-    cfg = from_dict(ModelConfig, payload["model_config"])
+    try:
+        cfg = from_dict(ModelConfig, payload["model_config"])
+    except CharrnnError as exc:
+        raise CharrnnError(f"checkpoint has an invalid model config: {exc}") from None
     tokenizer = tokenizer_from_state(payload["tokenizer"])
     if tokenizer.vocab_size != cfg.vocab_size:
         raise CharrnnError(
             f"checkpoint is inconsistent: vocabulary {tokenizer.vocab_size} but model expects {cfg.vocab_size}"
         )
-    model = RNNLanguageModel(cfg)
     state = payload["model"]
+    with torch.device("meta"):  # shapes only: a config claiming a huge model must not allocate it
+        expected = {k: tuple(v.shape) for k, v in RNNLanguageModel(cfg).state_dict().items()}
+    for key, shape in expected.items():
+        tensor = state.get(key)
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
+            if isinstance(tensor, torch.Tensor):
+                found = str(tuple(tensor.shape))
+            else:
+                found = "none" if tensor is None else f"a {type(tensor).__name__}"
+            raise CharrnnError(
+                f"checkpoint weights do not match its model config: {key} should be {shape}, the file holds {found}"
+            )
+    model = RNNLanguageModel(cfg)
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, TypeError) as exc:

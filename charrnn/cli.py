@@ -34,6 +34,7 @@ app = typer.Typer(
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "corpora" / "kjv.txt"
 _debug = False
+_argv: list[str] = []  # the command line as given, for `train --nproc` to hand on to torchrun
 
 
 def _version(value: bool) -> None:
@@ -88,7 +89,9 @@ def train(
     tie: Annotated[
         Optional[bool], typer.Option("--tie/--no-tie", help="Tie input and output embeddings [preset].")
     ] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams per step [preset].")] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help="Parallel streams per step, per process under torchrun [preset].")
+    ] = None,
     seq_len: Annotated[
         Optional[int], typer.Option(help="Tokens per stream per step, the BPTT length [preset].")
     ] = None,
@@ -105,6 +108,9 @@ def train(
     eval_tokens: Annotated[
         int, typer.Option(help="Validation tokens scored during training (0 = the whole split).")
     ] = 1_000_000,
+    eval_streams: Annotated[
+        int, typer.Option(help="Validation pieces scored side by side (1 = exact); torchrun ranks share them.")
+    ] = 1,
     patience: Annotated[
         Optional[int], typer.Option(help="Stop after this many evaluations without improvement.")
     ] = None,
@@ -116,14 +122,22 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32 or bf16.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    nproc: Annotated[
+        Optional[int],
+        typer.Option(help="Train data-parallel on this many processes of this machine (starts torchrun)."),
+    ] = None,
 ) -> None:
     """Train a model on CORPUS (or continue one with --resume)."""
+    from charrnn import distributed
     from charrnn.config import TrainConfig, parse_duration
     from charrnn.corpus import find_corpus
     from charrnn.display import console, train_report, train_summary
     from charrnn.train import resume as resume_run
     from charrnn.train import train as train_run
 
+    if nproc is not None:
+        distributed.relaunch(nproc, _argv, announce=None if quiet else lambda line: print(f"running: {line}"))
+    quiet = quiet or not distributed.is_main_process()  # under torchrun only rank 0 reports
     seconds = parse_duration(max_time) if max_time is not None else None
     report = train_report(quiet=quiet)
     if resume is not None:
@@ -169,6 +183,7 @@ def train(
             max_time=seconds,
             eval_interval=eval_interval,
             eval_tokens=eval_tokens or None,
+            eval_streams=eval_streams,
             patience=patience,
             log_interval=log_interval,
             save_interval=save_interval,
@@ -207,12 +222,18 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
 ) -> None:
-    """Report loss, bits per character and perplexity of a model on held-out text."""
+    """Report loss, bits per character and perplexity of a model on held-out text.
+
+    Under torchrun the --streams pieces are shared among the ranks; the result is the same.
+    """
+    from charrnn import distributed
     from charrnn.evaluate import evaluate_run
 
     if streams < 1:
         raise CharrnnError(f"--streams must be at least 1, got {streams}")
     rows = evaluate_run(run, text or [], encoding=encoding, streams=streams, baselines=baselines, device=device)
+    if not distributed.is_main_process():
+        return  # under torchrun every rank scores its share; rank 0 reports
     if as_json:
         print(json.dumps({name: row for name, row in rows}, indent=2))
     else:
@@ -264,6 +285,8 @@ def _fail(message: str, code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _argv
+    _argv = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="charrnn", standalone_mode=False)
@@ -287,7 +310,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _fail(str(exc), 1)
     except Interrupted as exc:
-        print(f"charrnn: {exc}", file=sys.stderr)
+        from charrnn.distributed import is_main_process
+
+        if is_main_process():  # under torchrun every rank stops; rank 0 says so
+            print(f"charrnn: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)

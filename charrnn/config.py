@@ -85,6 +85,7 @@ class TrainConfig:
     # evaluation, early stopping, logging
     eval_interval: int = 200  # steps between validation passes
     eval_tokens: int | None = 1_000_000  # validation tokens scored during training (None: all)
+    eval_streams: int = 1  # validation pieces scored side by side (1: exact); torchrun ranks share them
     patience: int | None = None  # validation passes without improvement before stopping
     log_interval: int = 20  # steps between progress updates and metrics lines
     save_interval: int | None = None  # steps between saves of `last` (default: every evaluation)
@@ -122,6 +123,7 @@ class TrainConfig:
         )
         _check(self.eval_interval >= 1, "--eval-interval must be at least 1")
         _check(self.eval_tokens is None or self.eval_tokens >= 2, "--eval-tokens must be at least 2")
+        _check(1 <= self.eval_streams <= MAX_WIDTH, f"--eval-streams must be 1..{MAX_WIDTH}, got {self.eval_streams}")
         _check(self.patience is None or self.patience >= 1, "--patience must be at least 1")
         _check(self.log_interval >= 1, "--log-interval must be at least 1")
         _check(self.save_interval is None or self.save_interval >= 1, "--save-interval must be at least 1")

@@ -85,6 +85,8 @@ def _decode_file(path: Path, encoding: str) -> Iterator[str]:
                     f"{path} is not valid {encoding}: bad byte at offset {where} "
                     f"(pass --encoding if the file uses another encoding)"
                 ) from None
+            except UnicodeError as exc:  # e.g. UTF-16 without a byte-order mark: no offset to give
+                raise CharrnnError(f"{path} is not valid {encoding}: {exc}") from None
             if text:
                 yield text
             if not block:

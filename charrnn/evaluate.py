@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from charrnn.data import Split
+from charrnn.distributed import Ranks
 from charrnn.errors import CharrnnError
 from charrnn.model import RNNLanguageModel, State
 from charrnn.tokenizers import Tokenizer
@@ -73,10 +74,16 @@ def evaluate(
     streams: int = 1,
     window: int = 1024,
     autocast: bool = False,
+    ranks: Ranks | None = None,
 ) -> EvalResult:
     """Score `split`. `streams=1` is the exact protocol (one state carried from the first token);
     more streams cut the text into that many contiguous pieces scored side by side, each starting
-    from a zero state: faster, and a slight overestimate of the loss."""
+    from a zero state: faster, and a slight overestimate of the loss.
+
+    With `ranks` (under torchrun; every rank calls this) rank r scores pieces r, r+N, r+2N, ...
+    and the summed losses are added up across ranks: every rank gets the number one process gets
+    with the same `streams`, up to float rounding. With streams=1 rank 0 does all the work.
+    """
     device = model.embed.weight.device
     tokens = split.tokens
     n = tokens.numel()
@@ -87,18 +94,24 @@ def evaluate(
     streams = max(1, min(streams, (n - 1) // 2))
     piece = (n - 1) // streams  # targets per stream; the remainder goes through a second, single-stream pass
     total = torch.zeros((), dtype=torch.float64, device=device)
-    starts = torch.arange(streams) * piece
-    nll, state = _score(model, tokens, starts, piece, window, device, autocast, state=None)
-    total += nll
+    rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
+    mine = (torch.arange(streams) * piece)[rank::world]
+    if mine.numel():
+        nll, _ = _score(model, tokens, mine, piece, window, device, autocast, state=None)
+        total += nll
     rest_start = streams * piece
-    if rest_start < n - 1:
-        # The remainder after the last stream; with one stream there is none.
+    if rest_start < n - 1 and rank == streams % world:
+        # The remainder after the last stream (with one stream there is none), on a rank with fewest pieces.
         nll, _ = _score(model, tokens, torch.tensor([rest_start]), n - 1 - rest_start, window, device, autocast, None)
         total += nll
+    if ranks is not None:
+        ranks.sum(total)
     model.train(was_training)
     unknown = int((tokens == tokenizer.unk_id).sum()) if tokenizer.unk_id is not None else 0
-    # Characters predicted: all but those of the first token, which nothing predicts.
-    first = len(tokenizer.decode([int(tokens[0])])) if tokenizer.kind != "char" else 1
+    # Characters predicted: all but those the first token, which nothing predicts, completes by
+    # itself. A stream decoder yields only complete characters: a lone lead byte of a multi-byte
+    # character completes none (the tokens after it predict the rest of it), <unk> stands for one.
+    first = len(tokenizer.stream_decoder().push([int(tokens[0])]))
     chars = split.num_chars - min(first, split.num_chars)
     return EvalResult(float(total), n - 1, chars, unknown)
 
@@ -149,14 +162,33 @@ def evaluate_run(
     baselines: bool = True,
     device: str = "auto",
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Score a run's best checkpoint on `texts` (files or '-'), or on its own validation and test splits."""
+    """Score a run's best checkpoint on `texts` (files or '-'), or on its own validation and test splits.
+
+    Under torchrun every rank reads the checkpoint and the text and scores its share of the
+    `streams` pieces; all ranks return the same numbers, only rank 0 the compressor baselines.
+    """
+    from charrnn import distributed
+
+    with distributed.session() as ranks:
+        return _evaluate_run(run, texts, encoding, streams, baselines, device, ranks)
+
+
+def _evaluate_run(
+    run: Path,
+    texts: Sequence[str],
+    encoding: str,
+    streams: int,
+    baselines: bool,
+    device: str,
+    ranks: Ranks,
+) -> list[tuple[str, dict[str, Any]]]:
     from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, train_config_of
     from charrnn.corpus import find_corpus
     from charrnn.data import encode_text, prepare_dataset
-    from charrnn.devices import resolve_device, use_bf16
+    from charrnn.devices import use_bf16
 
     payload = load_checkpoint(run)
-    target = resolve_device(device)
+    target = ranks.device_for(device)
     model, tokenizer = model_from_checkpoint(payload, target)
     autocast = use_bf16("auto", target)
     pieces: list[tuple[str, Split, str | None]] = []
@@ -186,8 +218,9 @@ def evaluate_run(
             raise CharrnnError("the run has no validation or test split: pass TEXT to evaluate on")
     rows = []
     for name, split, text in pieces:
-        row: dict[str, Any] = evaluate(model, split, tokenizer, streams=streams, autocast=autocast).as_dict()
-        if baselines:
+        result = evaluate(model, split, tokenizer, streams=streams, autocast=autocast, ranks=ranks)
+        row: dict[str, Any] = result.as_dict()
+        if baselines and ranks.is_main:
             row["baselines_bits_per_char"] = compression_baselines(
                 text if text is not None else tokenizer.decode(split.tokens)
             )

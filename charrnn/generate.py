@@ -275,7 +275,15 @@ def sample(
     # so neither a host round trip nor per-stream Python runs at every step.
     block = 32 if device.type == "cpu" else 256
     pending: list[torch.Tensor] = []
+    graph: _GraphBlock | None = None
     while unfinished:
+        if device.type == "cuda" and not healing.active and not pending and settings.temperature > 0:
+            # On a GPU, whole blocks of steps replay as one captured CUDA graph.
+            graph = graph or _GraphBlock.build(step, layers, logits, settings, generator, scale, block)
+            if graph is not None:
+                unfinished -= _deliver(graph.run().t().tolist(), streams, emit)
+                generated += batch * block
+                continue
         if healing.active:
             logits = logits.masked_fill(~healing.allowed().to(device), float("-inf"))
         token = _pick(logits, settings, generator)
@@ -284,14 +292,8 @@ def sample(
         pending.append(token)
         generated += batch
         if len(pending) == block or healing.active or len(pending) >= settings.length:
-            rows = torch.stack(pending, dim=1).tolist()  # (B, steps)
+            unfinished -= _deliver(torch.stack(pending, dim=1).tolist(), streams, emit)
             pending.clear()
-            for i, (stream, ids) in enumerate(zip(streams, rows)):
-                if not stream.done:
-                    out = stream.add(stream.decoder.push(ids))
-                    if out:
-                        emit(i, out)
-                    unfinished -= stream.done
         if unfinished:
             logits, layers = step.advance(token, layers, scale)  # <unk> is banned inside the step
     for i, stream in enumerate(streams):
@@ -299,6 +301,101 @@ def sample(
         if rest:
             emit(i, rest)
     return SampleResult([s.text for s in streams], unknown, generated, time.perf_counter() - started)
+
+
+def _deliver(rows: list[list[int]], streams: list[_Stream], emit: Callable[[int, str], None]) -> int:
+    """Hand each stream its new ids (rows: B lists); returns how many streams finished."""
+    finished = 0
+    for i, (stream, ids) in enumerate(zip(streams, rows)):
+        if not stream.done:
+            out = stream.add(stream.decoder.push(ids))
+            if out:
+                emit(i, out)
+            finished += stream.done
+    return finished
+
+
+class _GraphBlock:
+    """`block` sampling steps captured once as a CUDA graph and replayed: one launch per block
+    instead of some thirty kernel launches per step, which is what bounds one stream on a GPU.
+
+    Randomness comes in as uniform noise drawn (from the seeded generator) before each replay;
+    the graph turns it into Gumbel noise and takes argmax(logits + noise), which samples the
+    softmax exactly, with top-k / top-p applied to the sorted candidates first.
+    """
+
+    def __init__(
+        self,
+        step: SingleStep,
+        layers: list,
+        logits: torch.Tensor,
+        settings: SampleSettings,
+        generator: torch.Generator,
+        scale: float,
+        block: int,
+    ) -> None:
+        self.generator = generator
+        batch, vocab = logits.shape
+        width = settings.top_k if 0 < settings.top_k < vocab else vocab
+        self.noise = torch.rand(block, batch, width, device=logits.device, generator=generator)
+        self.tokens = torch.zeros(block, batch, dtype=torch.long, device=logits.device)
+        self.logits = logits.clone()
+        self.layers = [tuple(t.clone() for t in s) if isinstance(s, tuple) else s.clone() for s in layers]
+        self.settings, self.step, self.scale, self.block = settings, step, scale, block
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(2):  # warm up outside the capture, as CUDA graphs require
+                self._steps(
+                    self.logits.clone(),
+                    [tuple(t.clone() for t in s) if isinstance(s, tuple) else s.clone() for s in self.layers],
+                    scratch=True,
+                )
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.inference_mode():
+            self._steps(self.logits, self.layers, scratch=False)
+
+    @classmethod
+    def build(cls, *args) -> _GraphBlock | None:
+        try:
+            return cls(*args)
+        except RuntimeError:  # an older driver or torch without graph support: stay eager
+            return None
+
+    def _choose(self, logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        settings = self.settings
+        ids = None
+        if uniform.shape[-1] < logits.shape[-1]:
+            logits, ids = torch.topk(logits, uniform.shape[-1], dim=-1)
+        if settings.top_p < 1.0:
+            if ids is None:
+                logits, ids = torch.sort(logits, dim=-1, descending=True)
+            probs = logits.softmax(dim=-1)
+            logits = logits.masked_fill(probs.cumsum(dim=-1) - probs >= settings.top_p, float("-inf"))
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-7)))
+        choice = (logits + gumbel).argmax(dim=-1, keepdim=True)
+        return (choice if ids is None else ids.gather(1, choice)).squeeze(1)
+
+    def _steps(self, logits: torch.Tensor, layers: list, scratch: bool) -> None:
+        for k in range(self.block):
+            token = self._choose(logits, self.noise[k])
+            if not scratch:
+                self.tokens[k].copy_(token)
+            logits, layers = self.step.advance(token, layers, self.scale)
+        if not scratch:  # the state after the block is the next block's starting point
+            self.logits.copy_(logits)
+            for static, new in zip(self.layers, layers):
+                for s, n in zip(
+                    static if isinstance(static, tuple) else (static,), new if isinstance(new, tuple) else (new,)
+                ):
+                    s.copy_(n)
+
+    def run(self) -> torch.Tensor:
+        """Replay one block; returns its tokens, (block, B)."""
+        torch.rand(self.noise.shape, device=self.noise.device, generator=self.generator, out=self.noise)
+        self.graph.replay()
+        return self.tokens
 
 
 def _read_prime(prime: str, prime_file: Path | None) -> str:

@@ -10,6 +10,7 @@ runs/NAME/
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -28,10 +29,16 @@ class RunDir:
         self.config = path / "config.json"
         self.metrics = path / "metrics.jsonl"
         self._lock_fd: int | None = None
+        self._made: list[Path] = []  # directories create() made, deepest first
+        self._made_lock = False
 
     def create(self, *, fresh: bool) -> None:
         if fresh and self.last.exists():
             raise CharrnnError(f"run {self.path} already exists: pass --resume to continue it, or choose another --run")
+        missing = self.path
+        while not missing.exists() and missing != missing.parent:
+            self._made.append(missing)
+            missing = missing.parent
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -41,6 +48,7 @@ class RunDir:
 
     def lock(self) -> None:
         """Take the run's lock or refuse; the kernel drops it when the process dies, however it dies."""
+        self._made_lock = not (self.path / ".lock").exists()
         try:
             fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -54,11 +62,28 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
+        for stale in self.path.glob(".*.tmp"):  # temporary files of a writer that was killed mid-save
+            stale.unlink(missing_ok=True)
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        """Release the lock. A run left without any checkpoint (a `train` that failed before its
+        first save) is tidied away: what this process made (lock file, directories and the config
+        and metrics in them) is removed, so a failed command leaves nothing behind."""
+        if self._lock_fd is None:
+            return
+        if not (self.best.exists() or self.last.exists()):
+            leftovers = [self.path / ".lock"] if self._made_lock else []
+            if self._made:
+                leftovers += [self.config, self.metrics, *self.path.glob(".*.tmp")]
+            for path in leftovers:
+                path.unlink(missing_ok=True)
+            for directory in self._made:
+                try:
+                    directory.rmdir()
+                except OSError:
+                    break  # something else is in it: keep it
+        os.close(self._lock_fd)
+        self._lock_fd = None
 
     def write_config(self, config: dict[str, Any]) -> None:
         text = json.dumps(config, indent=2, sort_keys=True) + "\n"
@@ -71,8 +96,12 @@ class RunDir:
             raise CharrnnError(f"cannot read {self.config}: {exc}") from None
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with open(self.metrics, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a line cut short is dropped by the next resume (trim_metrics)
+            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise CharrnnError(f"could not append to {self.metrics}: {reason}") from None
 
     def trim_metrics(self, up_to_step: int) -> None:
         """Keep complete records up to `up_to_step` (those after the resumed checkpoint are replayed)."""

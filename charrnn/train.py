@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
-from charrnn import __version__
+from charrnn import __version__, distributed
 from charrnn.checkpoint import load_checkpoint, save_checkpoint, train_config_of
 from charrnn.config import ModelConfig, TrainConfig, asdict, from_dict
 from charrnn.corpus import Corpus, find_corpus
-from charrnn.data import Dataset, Split, StreamBatcher, fit_batch_size, prepare_dataset
-from charrnn.devices import resolve_device, use_bf16
+from charrnn.data import Dataset, Split, StreamBatcher, fit_batch_size, prepare_dataset, token_counts
+from charrnn.devices import use_bf16
+from charrnn.distributed import Ranks
 from charrnn.errors import CharrnnError, Interrupted
 from charrnn.evaluate import evaluate
 from charrnn.model import RNNLanguageModel, State, detach_state
@@ -73,6 +74,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._first_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -86,20 +88,29 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
+            # Ctrl-C reaches torchrun's workers twice: from the terminal and forwarded by torchrun.
+            if signum == self.signum and distributed.launched() and time.monotonic() - self._first_at < 2.0:
+                return
             os._exit(128 + signum)
         self.signum = signum
+        self._first_at = time.monotonic()
 
 
 def _nan_test_steps() -> set[int]:
-    """Test hook: CHARRNN_TEST_NAN_STEPS="5,6" poisons the loss at those steps."""
+    """Test hook: CHARRNN_TEST_NAN_STEPS="5,6" poisons the loss of the 5th and 6th update tried
+    (a skipped update counts, so a poisoned step is not poisoned again when it is retried)."""
     raw = os.environ.get("CHARRNN_TEST_NAN_STEPS", "")
     return {int(s) for s in raw.split(",") if s.strip().isdigit()}
 
 
 def _test_signal() -> tuple[int, int] | None:
     """Test hook: CHARRNN_TEST_SIGNAL_AT_STEP=N and CHARRNN_TEST_SIGNAL=INT|TERM|KILL make the
-    process send itself that signal right after step N, an interruption at a known point."""
+    process send itself that signal right after step N, an interruption at a known point.
+    Under torchrun, CHARRNN_TEST_SIGNAL_RANK=R limits it to rank R in the job's first attempt."""
     at, name = os.environ.get("CHARRNN_TEST_SIGNAL_AT_STEP", ""), os.environ.get("CHARRNN_TEST_SIGNAL", "INT")
+    only = os.environ.get("CHARRNN_TEST_SIGNAL_RANK")
+    if only is not None and (os.environ.get("RANK", "0") != only or distributed.restart_count() > 0):
+        return None
     return (int(at), getattr(signal, f"SIG{name}")) if at.isdigit() else None
 
 
@@ -158,23 +169,28 @@ class Trainer:
         corpus_info: dict[str, Any],
         report: Report,
         *,
-        first_stream: int = 0,
-        num_streams: int | None = None,
+        ranks: Ranks | None = None,
     ) -> None:
         self.run, self.data, self.model_cfg, self.cfg = run, dataset, model_cfg, cfg
         self.corpus_info = corpus_info
-        self.report = report
-        self.device = resolve_device(cfg.device)
+        # Under torchrun: cfg.batch_size streams per rank, rank r serving streams r*B .. r*B+B-1 of N*B.
+        self.ranks = ranks or Ranks()
+        self.report = report if self.ranks.is_main else Report()
+        self.device = self.ranks.device_for(cfg.device)
         self.bf16 = use_bf16(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
-        self.model = RNNLanguageModel(model_cfg).to(self.device)
+        self.model = RNNLanguageModel(model_cfg)
+        self.model.init_output_bias(token_counts(dataset.train.tokens, model_cfg.vocab_size))
+        self.model.to(self.device)
+        self.net = self.ranks.wrap(self.model, self.device)  # forward/backward only; DDP averages gradients
+        self.ranks.seed_dropout(cfg.seed)
         self.optimizer = _optimizer(self.model, cfg, self.device)
         self.batcher = StreamBatcher(
             dataset.train.tokens,
-            cfg.batch_size,
+            cfg.batch_size * self.ranks.world,
             cfg.seq_len,
-            first_stream=first_stream,
-            num_streams=num_streams,
+            first_stream=cfg.batch_size * self.ranks.rank,
+            num_streams=cfg.batch_size,
             device=self.device,
         )
         self.p = _Progress()
@@ -224,21 +240,29 @@ class Trainer:
             "metrics": {"step": self.p.step, "val_loss": self.p.last_val, "best_val_loss": self.p.best_val},
         }
         if with_train_state:
+            # Under torchrun every rank must call this (it gathers): the hidden state of all N*B
+            # streams in global order and every rank's generators, so a resume can re-shard them.
             payload["train_state"] = {
                 "optimizer": self.optimizer.state_dict(),
                 "progress": dict(vars(self.p)),
-                "hidden": _state_to_list(self.state),
-                "batch_size": self.batcher.batch_size,
+                "hidden": self.ranks.gather_streams(_state_to_list(self.state)),
+                "batch_size": self.batcher.batch_size * self.ranks.world,  # streams in all ranks together
+                "world_size": self.ranks.world,
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             }
+            if self.ranks.distributed:
+                payload["train_state"]["rng_ranks"] = self.ranks.rng_states(self.device)
         return payload
 
     def save_last(self) -> None:
-        save_checkpoint(self.run.last, self._payload(with_train_state=True))
+        payload = self._payload(with_train_state=True)  # every rank: it gathers
+        if self.ranks.is_main:
+            save_checkpoint(self.run.last, payload)
 
     def save_best(self) -> None:
-        save_checkpoint(self.run.best, self._payload(with_train_state=False))
+        if self.ranks.is_main:
+            save_checkpoint(self.run.best, self._payload(with_train_state=False))
 
     def restore(self, payload: dict[str, Any]) -> None:
         state = payload.get("train_state")
@@ -248,10 +272,13 @@ class Trainer:
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.p = _Progress(**state["progress"])
-            self.state = _state_from_list(state["hidden"], self.model_cfg.cell, self.device)
+            hidden = self.ranks.shard_streams(state["hidden"])  # this rank's streams of all N*B
+            self.state = _state_from_list(hidden, self.model_cfg.cell, self.device)
             torch.set_rng_state(state["rng_cpu"])
             if torch.cuda.is_available() and len(state["rng_cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(state["rng_cuda"])
+            saved_world = state.get("world_size", 1)
+            self.ranks.restore_rng(state.get("rng_ranks"), saved_world, self.cfg.seed, self.device)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CharrnnError(f"cannot resume from {self.run.last}: {str(exc).splitlines()[0][:200]}") from None
         if self.state_batch() != self.batcher.batch_size:
@@ -270,7 +297,11 @@ class Trainer:
             # A huge validation split is sampled by its first eval_tokens tokens during training.
             share = self.cfg.eval_tokens / val.num_tokens
             val = Split(val.tokens[: self.cfg.eval_tokens], max(2, round(val.num_chars * share)))
-        result = evaluate(self.model, val, self.data.tokenizer, autocast=self.bf16)
+        # Under torchrun the pieces are shared among the ranks and their sums added up: the number
+        # is the one a single process gets with the same eval_streams, and every rank has it.
+        result = evaluate(
+            self.model, val, self.data.tokenizer, streams=self.cfg.eval_streams, autocast=self.bf16, ranks=self.ranks
+        )
         return result.nats_per_char
 
     def fit(self, stop: _StopFlag | None = None) -> TrainResult:
@@ -284,19 +315,20 @@ class Trainer:
                 "max_time": cfg.max_time,
                 "start_step": self.p.step,
                 "params": sum(p.numel() for p in params),
-                "device": str(self.device),
+                "device": self.ranks.describe(self.device),
                 "steps_per_epoch": self.batcher.steps_per_epoch,
             }
         )
-        tokens_per_step = self.batcher.batch_size * self.batcher.seq_len
+        tokens_per_step = self.batcher.batch_size * self.batcher.seq_len * self.ranks.world
         # The running train loss stays on the device; it is read back only when a record is written.
         loss_sum = torch.tensor(self.p.window_loss, device=self.device)
         loss_count = self.p.window_steps
         bad_in_a_row = 0
+        tried = self.p.step  # updates attempted, skipped ones included (what the NaN test hook counts)
         window_start, window_chars = time.monotonic(), 0
         clock = time.monotonic() - self.p.elapsed
         stop_reason = self._budget_spent()
-        model.train()
+        self.net.train()
         while stop_reason is None:
             if self.p.step_in_epoch >= self.batcher.steps_per_epoch:
                 # End of the text: every stream starts over, so the carried state starts over too.
@@ -308,21 +340,25 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                _, loss, new_state = model(x, self.state, y)
-            if self.p.step + 1 in self.nan_steps:
+                _, loss, new_state = self.net(x, self.state, y)
+            tried += 1
+            if tried in self.nan_steps:
                 loss = loss * float("nan")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            # Under torchrun the gradients are already averaged, so the norm, the clipping and the
+            # decision to skip are the same on every rank (a NaN on one rank reaches them all).
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             if not bool(torch.isfinite(norm)):
                 # Skip the update: the weights stay as they were, the poisoned state is dropped.
                 bad_in_a_row += 1
                 self.report.on_message(f"step {self.p.step + 1}: non-finite loss or gradient, update skipped")
                 if bad_in_a_row >= NONFINITE_LIMIT:
+                    kept = f"the last good checkpoint is {self.run.last}" if self.run.last.exists() else "nothing saved"
                     raise CharrnnError(
                         f"training diverged: {bad_in_a_row} steps in a row had a non-finite loss; "
-                        f"try a lower --lr; the last good checkpoint is {self.run.last}"
+                        f"try a lower --lr; {kept}"
                     )
                 self.state = model.init_state(self.batcher.batch_size, self.device)
                 self.p.step_in_epoch += 1
@@ -336,11 +372,14 @@ class Trainer:
             self.p.step_in_epoch += 1
             self.p.chars_seen += tokens_per_step
             window_chars += tokens_per_step
-            self.p.elapsed = time.monotonic() - clock
-            stop_reason = self._budget_spent()
             if self.test_signal and self.p.step == self.test_signal[0]:
                 os.kill(os.getpid(), self.test_signal[1])
-            if stop is not None and stop.signum is not None:
+            # Every rank must read the same clock (time budget, LR schedule) and stop at the same step.
+            self.p.elapsed, signalled = self._agree(
+                time.monotonic() - clock, stop is not None and stop.signum is not None
+            )
+            stop_reason = self._budget_spent()
+            if signalled:
                 stop_reason = "interrupted"
             finishing = stop_reason is not None
             evaluate_now = self.p.step % cfg.eval_interval == 0 or (finishing and stop_reason != "interrupted")
@@ -350,7 +389,7 @@ class Trainer:
                     "step": self.p.step,
                     "epoch": round(self.p.epoch + self.p.step_in_epoch / self.batcher.steps_per_epoch, 4),
                     "time": round(self.p.elapsed, 3),
-                    "train_loss": float(loss_sum) / max(1, loss_count),
+                    "train_loss": float(self.ranks.mean(loss_sum)) / max(1, loss_count),
                     "lr": lr,
                     "chars_per_sec": window_chars * self.chars_per_token / max(now - window_start, 1e-9),
                 }
@@ -364,13 +403,14 @@ class Trainer:
                     if self.p.bad_evals and cfg.patience and self.p.bad_evals >= cfg.patience and not finishing:
                         stop_reason = f"no improvement in {cfg.patience} evaluations"
                         finishing = True
-                    self.p.elapsed = time.monotonic() - clock
+                    self.p.elapsed = self._agree(time.monotonic() - clock, False)[0]
                     record["time"] = round(self.p.elapsed, 3)
                 self.history.append(record)
-                self.run.append_metrics(record)
+                if self.ranks.is_main:
+                    self.run.append_metrics(record)
                 self.report.on_log(record)
             if finishing or self.p.step % save_every == 0:
-                self.p.window_loss, self.p.window_steps = float(loss_sum), loss_count
+                self.p.window_loss, self.p.window_steps = float(self.ranks.mean(loss_sum)), loss_count
                 self.save_last()
         self.report.on_end()
         last_train = next((r["train_loss"] for r in reversed(self.history)), None)
@@ -387,6 +427,11 @@ class Trainer:
             stop_reason=stop_reason or "finished",
             history=self.history,
         )
+
+    def _agree(self, elapsed: float, signalled: bool) -> tuple[float, bool]:
+        """The elapsed time and the stop request every rank acts on: the latest clock, any signal."""
+        elapsed, flag = self.ranks.agree_max([elapsed, float(signalled)], self.device)
+        return elapsed, flag > 0
 
     def _early_stopping_and_best(self) -> None:
         val = self.p.last_val
@@ -429,26 +474,77 @@ def train(
     handle_signals: bool = False,
     cache_dir: Path | None = None,
 ) -> TrainResult:
-    """Train a new model on `corpus` into the run directory `run_path`."""
+    """Train a new model on `corpus` into the run directory `run_path`.
+
+    Under torchrun every rank calls this with the same arguments; cfg.batch_size is per rank.
+    Only rank 0 touches the run directory. A worker that torchrun restarts (--max-restarts)
+    continues this job's run from its last checkpoint instead of starting over.
+    """
     report = report or Report()
-    run = RunDir(run_path)
-    run.create(fresh=True)
+    with distributed.session() as ranks:
+        run = RunDir(run_path)
+        if distributed.restart_count() > 0 and ranks.broadcast(_started_by_this_job(run) if ranks.is_main else None):
+            return resume(run_path, report=report, handle_signals=handle_signals, cache_dir=cache_dir)
+        if not ranks.is_main:
+            report = Report()
+        ranks.together(lambda: _claim(run, fresh=True) if ranks.is_main else None)
+        try:
+            dataset = _prepare_in_turn(
+                ranks,
+                lambda: prepare_dataset(
+                    corpus, cfg, val_corpus=val_corpus, cache_dir=cache_dir, progress=report.on_message
+                ),
+            )
+            batch = _fit_per_rank(dataset, cfg, ranks, report)
+            if batch != cfg.batch_size:
+                cfg = from_dict(TrainConfig, {**asdict(cfg), "batch_size": batch})
+            model_cfg = ModelConfig(vocab_size=dataset.tokenizer.vocab_size, **model_settings)
+            info = _corpus_info(corpus, val_corpus, dataset)
+            trainer = Trainer(run, dataset, model_cfg, cfg, info, report, ranks=ranks)
+            if ranks.is_main:
+                config = {
+                    "model": asdict(model_cfg),
+                    "train": asdict(cfg),
+                    "corpus": info,
+                    "charrnn_version": __version__,
+                }
+                if distributed.launched():
+                    config["torchrun"] = {"world_size": ranks.world, "job_id": distributed.job_id()}
+                run.write_config(config)
+                run.metrics.unlink(missing_ok=True)
+            return _fit(trainer, handle_signals)
+        finally:
+            run.unlock()
+
+
+def _claim(run: RunDir, *, fresh: bool) -> None:
+    run.create(fresh=fresh)
     run.lock()
+
+
+def _started_by_this_job(run: RunDir) -> bool:
+    """The run holds a checkpoint that an earlier attempt of this torchrun job wrote."""
+    if not run.last.is_file():
+        return False
     try:
-        dataset = prepare_dataset(corpus, cfg, val_corpus=val_corpus, cache_dir=cache_dir, progress=report.on_message)
-        batch = fit_batch_size(dataset.train.num_tokens, cfg.batch_size, cfg.seq_len, report.on_message)
-        if batch != cfg.batch_size:
-            cfg = from_dict(TrainConfig, {**asdict(cfg), "batch_size": batch})
-        model_cfg = ModelConfig(vocab_size=dataset.tokenizer.vocab_size, **model_settings)
-        info = _corpus_info(corpus, val_corpus, dataset)
-        trainer = Trainer(run, dataset, model_cfg, cfg, info, report)
-        run.write_config(
-            {"model": asdict(model_cfg), "train": asdict(cfg), "corpus": info, "charrnn_version": __version__}
-        )
-        run.metrics.unlink(missing_ok=True)
-        return _fit(trainer, handle_signals)
-    finally:
-        run.unlock()
+        launch = run.read_config().get("torchrun") or {}
+    except CharrnnError:
+        return False
+    return launch.get("job_id") == distributed.job_id()
+
+
+def _prepare_in_turn(ranks: Ranks, prepare: Callable[[], Dataset]) -> Dataset:
+    """Local rank 0 of each machine fills the token cache; the other ranks there then read it."""
+    first = ranks.together(lambda: prepare() if ranks.local_rank == 0 else None)
+    return ranks.together(lambda: first if first is not None else prepare())
+
+
+def _fit_per_rank(dataset: Dataset, cfg: TrainConfig, ranks: Ranks, report: Report) -> int:
+    """Streams per rank: cfg.batch_size, fewer when the text is too short for N × that many."""
+    total = fit_batch_size(dataset.train.num_tokens, cfg.batch_size * ranks.world, cfg.seq_len, report.on_message)
+    if total < ranks.world:
+        raise CharrnnError(f"the training text is too short for {ranks.world} ranks of {cfg.seq_len}-token streams")
+    return total // ranks.world
 
 
 def resume(
@@ -460,45 +556,82 @@ def resume(
     cache_dir: Path | None = None,
 ) -> TrainResult:
     """Continue the run in `run_path` from its `last` checkpoint; `budget` may extend
-    max_steps / max_epochs / max_time."""
+    max_steps / max_epochs / max_time.
+
+    Under torchrun, rank 0 reads the checkpoint and hands it to the others. The same number of
+    ranks continues exactly; another number re-shards the run's streams if it divides their
+    count (2 ranks × 8 streams resume as 1 × 16 or 4 × 4), and is refused otherwise.
+    """
     report = report or Report()
-    run = RunDir(run_path)
+    with distributed.session() as ranks:
+        if not ranks.is_main:
+            report = Report()
+        run = RunDir(run_path)
+        payload = ranks.broadcast(ranks.together(lambda: _open_last(run) if ranks.is_main else None))
+        try:
+            cfg = train_config_of(payload)
+            if budget:
+                cfg = from_dict(TrainConfig, {**asdict(cfg), **{k: v for k, v in budget.items() if v is not None}})
+            model_cfg = from_dict(ModelConfig, payload["model_config"])
+            info = payload.get("corpus") or {}
+            saved = payload.get("train_state") or {}
+            batch = distributed.streams_per_rank(
+                saved.get("batch_size", cfg.batch_size), saved.get("world_size", 1), ranks.world
+            )
+            if batch != cfg.batch_size:
+                cfg = from_dict(TrainConfig, {**asdict(cfg), "batch_size": batch})
+            dataset = _prepare_in_turn(
+                ranks, lambda: _dataset_for_resume(run, payload, cfg, model_cfg, cache_dir, report)
+            )
+            trainer = Trainer(run, dataset, model_cfg, cfg, info, report, ranks=ranks)
+            trainer.restore(payload)
+            if ranks.is_main:
+                run.trim_metrics(trainer.p.step)
+            report.on_message(f"resuming {run_path} at step {trainer.p.step}")
+            return _fit(trainer, handle_signals)
+        finally:
+            run.unlock()
+
+
+def _open_last(run: RunDir) -> dict[str, Any]:
+    """Lock the run and read its last checkpoint."""
     if not run.path.is_dir():
-        raise CharrnnError(f"cannot resume: no run directory {run_path}")
+        raise CharrnnError(f"cannot resume: no run directory {run.path}")
     if not run.last.is_file():
-        raise CharrnnError(f"cannot resume: {run_path} has no {run.last.name} checkpoint")
+        raise CharrnnError(f"cannot resume: {run.path} has no {run.last.name} checkpoint")
     run.lock()
     try:
-        payload = load_checkpoint(run.last)
-        cfg = train_config_of(payload)
-        if budget:
-            cfg = from_dict(TrainConfig, {**asdict(cfg), **{k: v for k, v in budget.items() if v is not None}})
-        model_cfg = from_dict(ModelConfig, payload["model_config"])
-        info = payload.get("corpus") or {}
-        try:
-            corpus = find_corpus(info["files"], encoding=info.get("encoding", "utf-8"))
-            val_corpus = find_corpus(info["val_files"]) if info.get("val_files") else None
-        except (KeyError, TypeError):
-            raise CharrnnError(f"{run.last} does not record its corpus") from None
-        except CharrnnError as exc:
-            raise CharrnnError(f"cannot resume: the run's corpus is gone ({exc})") from None
-        dataset = prepare_dataset(corpus, cfg, val_corpus=val_corpus, cache_dir=cache_dir, progress=report.on_message)
-        if dataset.corpus_hash != info.get("hash"):
-            raise CharrnnError("cannot resume: the corpus changed since the run started (its content hash differs)")
-        if dataset.tokenizer.to_state().get("kind") != payload["tokenizer"].get("kind") or (
-            dataset.tokenizer.vocab_size != model_cfg.vocab_size
-        ):
-            raise CharrnnError("cannot resume: the tokenizer differs from the one the run was trained with")
-        saved_batch = payload.get("train_state", {}).get("batch_size", cfg.batch_size)
-        if saved_batch != cfg.batch_size:
-            cfg = from_dict(TrainConfig, {**asdict(cfg), "batch_size": saved_batch})
-        trainer = Trainer(run, dataset, model_cfg, cfg, info, report)
-        trainer.restore(payload)
-        run.trim_metrics(trainer.p.step)
-        report.on_message(f"resuming {run_path} at step {trainer.p.step}")
-        return _fit(trainer, handle_signals)
-    finally:
+        return load_checkpoint(run.last)
+    except CharrnnError:
         run.unlock()
+        raise
+
+
+def _dataset_for_resume(
+    run: RunDir,
+    payload: dict[str, Any],
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    cache_dir: Path | None,
+    report: Report,
+) -> Dataset:
+    """The run's own corpus, checked to be the text and tokenizer it was trained on."""
+    info = payload.get("corpus") or {}
+    try:
+        corpus = find_corpus(info["files"], encoding=info.get("encoding", "utf-8"))
+        val_corpus = find_corpus(info["val_files"]) if info.get("val_files") else None
+    except (KeyError, TypeError):
+        raise CharrnnError(f"{run.last} does not record its corpus") from None
+    except CharrnnError as exc:
+        raise CharrnnError(f"cannot resume: the run's corpus is gone ({exc})") from None
+    dataset = prepare_dataset(corpus, cfg, val_corpus=val_corpus, cache_dir=cache_dir, progress=report.on_message)
+    if dataset.corpus_hash != info.get("hash"):
+        raise CharrnnError("cannot resume: the corpus changed since the run started (its content hash differs)")
+    if dataset.tokenizer.to_state().get("kind") != payload["tokenizer"].get("kind") or (
+        dataset.tokenizer.vocab_size != model_cfg.vocab_size
+    ):
+        raise CharrnnError("cannot resume: the tokenizer differs from the one the run was trained with")
+    return dataset
 
 
 def _fit(trainer: Trainer, handle_signals: bool) -> TrainResult:

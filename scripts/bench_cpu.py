@@ -31,7 +31,12 @@ sys.path.insert(0, str(ROOT))
 from charrnn.config import ModelConfig, TrainConfig, preset_settings  # noqa: E402
 from charrnn.model import RNNLanguageModel  # noqa: E402
 
-SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+# The benchmark text lives in shared/ beside the checkout (or inside it, on machines that put it there).
+SHAKESPEARE = next(
+    (p for p in (ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt",
+                 ROOT / "shared" / "corpora" / "tinyshakespeare.txt") if p.is_file()),
+    ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt",
+)
 KJV = ROOT / "corpora" / "kjv.txt"
 PRESET = preset_settings("cpu", "cpu")
 
