@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -264,15 +265,7 @@ def session() -> Iterator[Ranks]:
         return
     owner = not dist.is_initialized()
     if owner:
-        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-        timeout = timedelta(seconds=timeout_seconds())
-        store = _attempt_store(ranks, timeout)
-        if store is None:
-            dist.init_process_group(backend=backend, timeout=timeout)
-        else:
-            dist.init_process_group(
-                backend=backend, store=store, rank=ranks.rank, world_size=ranks.world, timeout=timeout
-            )
+        _join(ranks)
     try:
         yield ranks
     except RuntimeError as exc:
@@ -286,6 +279,40 @@ def session() -> Iterator[Ranks]:
     finally:
         if owner and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _join(ranks: Ranks) -> None:
+    """Initialise the process group: gloo for CPU tensors, NCCL for CUDA ones."""
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    timeout = timedelta(seconds=timeout_seconds())
+    # Joining can wait on a peer's socket with no deadline of its own (gloo's connect, when a peer
+    # is gone or an address is stale): give up after the timeout, so torchrun sees a failed rank.
+    watchdog = threading.Timer(timeout.total_seconds() + 30, _give_up, args=(ranks, timeout))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        store = _attempt_store(ranks, timeout)
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(
+                backend=backend, store=store, rank=ranks.rank, world_size=ranks.world, timeout=timeout
+            )
+    except RuntimeError as exc:  # DistNetworkError, DistStoreError and gloo's own errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CharrnnError(f"rank {ranks.rank}: could not join the other ranks: {first[:300]}") from None
+    finally:
+        watchdog.cancel()
+
+
+def _give_up(ranks: Ranks, timeout: timedelta) -> None:
+    print(
+        f"charrnn: error: rank {ranks.rank}: could not join the other {ranks.world - 1} rank(s) within "
+        f"{timeout.total_seconds():.0f}s (CHARRNN_DIST_TIMEOUT); giving up",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(1)
 
 
 def _attempt_store(ranks: Ranks, timeout: timedelta) -> dist.Store | None:

@@ -92,27 +92,39 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def _pick(logits: torch.Tensor, settings: SampleSettings, generator: torch.Generator) -> torch.Tensor:
-    """Draw one token per row from logits already divided by the temperature.
-
-    The same distribution as sampling from `filter_logits`, in fewer calls: top-k samples among
-    the k values `topk` returns, top-p zeroes the tail of the sorted probabilities (multinomial
-    takes unnormalized weights), and the chosen position maps back to its id.
+class _Chooser:
+    """Draws tokens by the Gumbel-max trick: argmax(logits + G), G = -log(-log(U)) for uniform U,
+    is an exact sample of softmax(logits). The noise for a block of steps is drawn in one call
+    from the seeded generator, so a step costs an add and an argmax, and the same code runs
+    eagerly on the CPU and inside a captured CUDA graph. top-k keeps the k largest logits
+    (topk returns them sorted); top-p then drops the sorted tail past probability p.
     """
-    if settings.temperature == 0:
-        return logits.argmax(dim=-1)
-    ids = None  # the vocabulary id of each column, when the columns are a sorted subset
-    if 0 < settings.top_k < logits.shape[-1]:
-        logits, ids = torch.topk(logits, settings.top_k, dim=-1)
-    if settings.top_p < 1.0:
-        if ids is None:
-            logits, ids = torch.sort(logits, dim=-1, descending=True)
-        probs = logits.softmax(dim=-1)
-        probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= settings.top_p, 0.0)
-    else:
-        probs = logits.softmax(dim=-1)
-    choice = torch.multinomial(probs, 1, generator=generator)
-    return (choice if ids is None else ids.gather(1, choice)).squeeze(1)
+
+    def __init__(self, settings: SampleSettings, vocab: int, batch: int, generator: torch.Generator) -> None:
+        self.settings, self.batch, self.generator = settings, batch, generator
+        self.width = settings.top_k if 0 < settings.top_k < vocab else vocab
+
+    def noise(self, steps: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Gumbel noise for `steps` steps: (steps, B, width)."""
+        shape = (steps, self.batch, self.width)
+        device = self.generator.device
+        u = torch.rand(shape, device=device, generator=self.generator, out=out)
+        return u.clamp_(1e-10, 1 - 1e-7).log_().neg_().log_().neg_()
+
+    def __call__(self, logits: torch.Tensor, gumbel: torch.Tensor | None) -> torch.Tensor:
+        """logits (B, V), already divided by the temperature; gumbel (B, width) or None for greedy."""
+        if gumbel is None:
+            return logits.argmax(dim=-1)
+        ids = None
+        if self.width < logits.shape[-1]:
+            logits, ids = torch.topk(logits, self.width, dim=-1)
+        if self.settings.top_p < 1.0:
+            if ids is None:
+                logits, ids = torch.sort(logits, dim=-1, descending=True)
+            probs = logits.softmax(dim=-1)
+            logits = logits.masked_fill(probs.cumsum(dim=-1) - probs >= self.settings.top_p, float("-inf"))
+        choice = (logits + gumbel).argmax(dim=-1, keepdim=True)
+        return (choice if ids is None else ids.gather(1, choice)).squeeze(1)
 
 
 class _Stream:
@@ -250,6 +262,25 @@ def sample(
 ) -> SampleResult:
     """Generate `settings.num_samples` continuations of `prime`; `on_text(stream, text)` gets text as it is made."""
     settings = settings or SampleSettings()
+    cuda = model.embed.weight.device.type == "cuda"
+    previous_tf32, previous_threads = torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads()
+    torch.backends.cuda.matmul.allow_tf32 = previous_tf32 or cuda  # TF32 matrix units: ample precision here
+    if not cuda and settings.num_samples == 1:
+        torch.set_num_threads(1)  # one stream's products are too small to split: threads only add waiting
+    try:
+        return _sample(model, tokenizer, prime, settings, on_text)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+        torch.set_num_threads(previous_threads)
+
+
+def _sample(
+    model: RNNLanguageModel,
+    tokenizer: Tokenizer,
+    prime: str,
+    settings: SampleSettings,
+    on_text: Callable[[int, str], None] | None,
+) -> SampleResult:
     started = time.perf_counter()
     device = model.embed.weight.device
     model.eval()
@@ -276,26 +307,53 @@ def sample(
     block = 32 if device.type == "cpu" else 256
     pending: list[torch.Tensor] = []
     graph: _GraphBlock | None = None
+    # Bulk mode: a char model with nothing to watch (no printing, no stop strings) needs exactly
+    # `length` tokens per stream, so the tokens stay on the device and are decoded once at the end.
+    bulk = on_text is None and not settings.stop and tokenizer.kind == "char" and not healing.active
+    collected: list[torch.Tensor] = []
+    chooser = _Chooser(settings, logits.shape[-1], batch, generator)
+    greedy = settings.temperature == 0
+    noise, noise_used = torch.empty(0), 0  # Gumbel noise drawn a block ahead, and how much of it is spent
     while unfinished:
+        if bulk and generated >= batch * settings.length:
+            break
         if device.type == "cuda" and not healing.active and not pending and settings.temperature > 0:
             # On a GPU, whole blocks of steps replay as one captured CUDA graph.
-            graph = graph or _GraphBlock.build(step, layers, logits, settings, generator, scale, block)
+            graph = graph or _GraphBlock.build(step, layers, logits, chooser, scale, block)
             if graph is not None:
-                unfinished -= _deliver(graph.run().t().tolist(), streams, emit)
+                tokens = graph.run()
                 generated += batch * block
+                if bulk:
+                    collected.append(tokens.clone())
+                else:
+                    unfinished -= _deliver(tokens.t().tolist(), streams, emit)
                 continue
         if healing.active:
             logits = logits.masked_fill(~healing.allowed().to(device), float("-inf"))
-        token = _pick(logits, settings, generator)
+        gumbel = None
+        if not greedy:
+            if noise_used == len(noise):
+                noise, noise_used = chooser.noise(1 if healing.active else block), 0
+            gumbel = noise[noise_used]
+            noise_used += 1
+        token = chooser(logits, gumbel)
         if healing.active:
             healing.advance(token.tolist())
         pending.append(token)
         generated += batch
-        if len(pending) == block or healing.active or len(pending) >= settings.length:
+        if bulk:
+            if len(pending) == block or generated >= batch * settings.length:
+                collected.append(torch.stack(pending))
+                pending.clear()
+        elif len(pending) == block or healing.active or len(pending) >= settings.length:
             unfinished -= _deliver(torch.stack(pending, dim=1).tolist(), streams, emit)
             pending.clear()
         if unfinished:
             logits, layers = step.advance(token, layers, scale)  # <unk> is banned inside the step
+    if bulk:
+        rows = torch.cat(collected)[: settings.length].t().tolist() if collected else [[] for _ in streams]
+        texts = [tokenizer.decode(ids) for ids in rows]
+        return SampleResult(texts, unknown, generated, time.perf_counter() - started)
     for i, stream in enumerate(streams):
         rest = stream.finish()
         if rest:
@@ -318,39 +376,22 @@ def _deliver(rows: list[list[int]], streams: list[_Stream], emit: Callable[[int,
 class _GraphBlock:
     """`block` sampling steps captured once as a CUDA graph and replayed: one launch per block
     instead of some thirty kernel launches per step, which is what bounds one stream on a GPU.
-
-    Randomness comes in as uniform noise drawn (from the seeded generator) before each replay;
-    the graph turns it into Gumbel noise and takes argmax(logits + noise), which samples the
-    softmax exactly, with top-k / top-p applied to the sorted candidates first.
+    Before each replay, fresh noise is drawn into the captured buffer (see `_Chooser`).
     """
 
     def __init__(
-        self,
-        step: SingleStep,
-        layers: list,
-        logits: torch.Tensor,
-        settings: SampleSettings,
-        generator: torch.Generator,
-        scale: float,
-        block: int,
+        self, step: SingleStep, layers: list, logits: torch.Tensor, chooser: _Chooser, scale: float, block: int
     ) -> None:
-        self.generator = generator
-        batch, vocab = logits.shape
-        width = settings.top_k if 0 < settings.top_k < vocab else vocab
-        self.noise = torch.rand(block, batch, width, device=logits.device, generator=generator)
-        self.tokens = torch.zeros(block, batch, dtype=torch.long, device=logits.device)
+        self.step, self.chooser, self.scale, self.block = step, chooser, scale, block
+        self.noise = chooser.noise(block)
+        self.tokens = torch.zeros(block, logits.shape[0], dtype=torch.long, device=logits.device)
         self.logits = logits.clone()
-        self.layers = [tuple(t.clone() for t in s) if isinstance(s, tuple) else s.clone() for s in layers]
-        self.settings, self.step, self.scale, self.block = settings, step, scale, block
+        self.layers = _clone_layers(layers)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.inference_mode():
             for _ in range(2):  # warm up outside the capture, as CUDA graphs require
-                self._steps(
-                    self.logits.clone(),
-                    [tuple(t.clone() for t in s) if isinstance(s, tuple) else s.clone() for s in self.layers],
-                    scratch=True,
-                )
+                self._steps(self.logits.clone(), _clone_layers(self.layers), scratch=True)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), torch.inference_mode():
@@ -363,39 +404,30 @@ class _GraphBlock:
         except RuntimeError:  # an older driver or torch without graph support: stay eager
             return None
 
-    def _choose(self, logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-        settings = self.settings
-        ids = None
-        if uniform.shape[-1] < logits.shape[-1]:
-            logits, ids = torch.topk(logits, uniform.shape[-1], dim=-1)
-        if settings.top_p < 1.0:
-            if ids is None:
-                logits, ids = torch.sort(logits, dim=-1, descending=True)
-            probs = logits.softmax(dim=-1)
-            logits = logits.masked_fill(probs.cumsum(dim=-1) - probs >= settings.top_p, float("-inf"))
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-7)))
-        choice = (logits + gumbel).argmax(dim=-1, keepdim=True)
-        return (choice if ids is None else ids.gather(1, choice)).squeeze(1)
-
     def _steps(self, logits: torch.Tensor, layers: list, scratch: bool) -> None:
         for k in range(self.block):
-            token = self._choose(logits, self.noise[k])
+            token = self.chooser(logits, self.noise[k])
             if not scratch:
                 self.tokens[k].copy_(token)
             logits, layers = self.step.advance(token, layers, self.scale)
         if not scratch:  # the state after the block is the next block's starting point
             self.logits.copy_(logits)
-            for static, new in zip(self.layers, layers):
-                for s, n in zip(
-                    static if isinstance(static, tuple) else (static,), new if isinstance(new, tuple) else (new,)
-                ):
-                    s.copy_(n)
+            for static, new in zip(_flat(self.layers), _flat(layers)):
+                static.copy_(new)
 
     def run(self) -> torch.Tensor:
         """Replay one block; returns its tokens, (block, B)."""
-        torch.rand(self.noise.shape, device=self.noise.device, generator=self.generator, out=self.noise)
+        self.chooser.noise(self.block, out=self.noise)
         self.graph.replay()
         return self.tokens
+
+
+def _clone_layers(layers: list) -> list:
+    return [tuple(t.clone() for t in s) if isinstance(s, tuple) else s.clone() for s in layers]
+
+
+def _flat(layers: list) -> list[torch.Tensor]:
+    return [t for s in layers for t in (s if isinstance(s, tuple) else (s,))]
 
 
 def _read_prime(prime: str, prime_file: Path | None) -> str:

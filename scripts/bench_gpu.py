@@ -60,7 +60,7 @@ def sync_time() -> float:
 
 
 def bench_sampling() -> list[str]:
-    from charrnn.generate import SampleSettings, _GraphBlock, sample
+    from charrnn.generate import SampleSettings, _Chooser, _GraphBlock, sample
     from charrnn.model import SingleStep
     from charrnn.tokenizers import train_tokenizer
 
@@ -85,7 +85,8 @@ def bench_sampling() -> list[str]:
     step = SingleStep(model)
     layers = step.begin(model.init_state(8192))
     gen = torch.Generator(device="cuda").manual_seed(0)
-    block = _GraphBlock(step, layers, logits, SampleSettings(temperature=1.0), gen, 1.0, 4)
+    chooser = _Chooser(SampleSettings(temperature=1.0), tok.vocab_size, 8192, gen)
+    block = _GraphBlock(step, layers, logits, chooser, 1.0, 4)
     first = block.run()[0]
     freq = torch.bincount(first, minlength=tok.vocab_size).float() / first.numel()
     tv = 0.5 * (freq - logits[0].softmax(-1)).abs().sum().item()
@@ -194,7 +195,7 @@ def bench_quality(specs: dict, budgets: list[float]) -> list[str]:
     ]
     for name, spec in specs.items():
         reserve = eval_seconds(spec) * 1.2 + 2.0
-        for budget in budgets:
+        for budget in spec.get("budgets", budgets):
             with tempfile.TemporaryDirectory() as tmp:
                 env = {**os.environ, "CHARRNN_CACHE_DIR": str(Path(tmp) / "cache")}
                 out = subprocess.run(
@@ -230,6 +231,7 @@ def main() -> None:
     parser.add_argument("--only", default="sample,loop,quality")
     parser.add_argument("--budgets", default="20,60")
     parser.add_argument("--sweep", action="store_true", help="also run the alternative configurations")
+    parser.add_argument("--specs", type=Path, help='JSON: {name: {"model": {..}, "train": {..}, "budgets": [..]}}')
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -250,7 +252,7 @@ def main() -> None:
     if "loop" in parts:
         section(bench_loop())
     if "quality" in parts:
-        specs = SWEEP if args.sweep else {"gpu preset": GPU}
+        specs = json.loads(args.specs.read_text()) if args.specs else SWEEP if args.sweep else {"gpu preset": GPU}
         section(bench_quality(specs, [float(b) for b in args.budgets.split(",")]))
 
 

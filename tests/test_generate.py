@@ -41,20 +41,30 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
 
 @pytest.mark.parametrize("top_k, top_p", [(3, 1.0), (0, 0.7), (4, 0.6), (0, 1.0)])
 def test_draws_stay_inside_the_filtered_set(top_k: int, top_p: float) -> None:
-    from charrnn.generate import _pick
+    from charrnn.generate import _Chooser
 
     torch.manual_seed(0)
     logits = torch.randn(64, 20) * 2
     allowed = torch.isfinite(filter_logits(logits, top_k, top_p))
     generator = torch.Generator().manual_seed(0)
-    settings = SampleSettings(temperature=1.0, top_k=top_k, top_p=top_p)
+    chooser = _Chooser(SampleSettings(temperature=1.0, top_k=top_k, top_p=top_p), 20, 64, generator)
     seen = torch.zeros_like(allowed)
-    for _ in range(200):
-        token = _pick(logits, settings, generator)
+    for gumbel in chooser.noise(1000):
+        token = chooser(logits, gumbel)
         assert allowed[torch.arange(64), token].all()
         seen[torch.arange(64), token] = True
     if top_k or top_p < 1.0:
         assert torch.equal(seen, allowed)  # and every allowed token does get drawn
+
+
+def test_gumbel_draws_follow_the_softmax() -> None:
+    from charrnn.generate import _Chooser
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0]).repeat(20_000, 1)
+    chooser = _Chooser(SampleSettings(temperature=1.0), 4, 20_000, torch.Generator().manual_seed(1))
+    tokens = chooser(logits, chooser.noise(1)[0])
+    freq = torch.bincount(tokens, minlength=4).double() / tokens.numel()
+    torch.testing.assert_close(freq, logits[0].double().softmax(-1), atol=0.015, rtol=0)
 
 
 def test_same_seed_same_text(model_and_tokenizer) -> None:
