@@ -33,8 +33,14 @@ from charrnn.model import RNNLanguageModel  # noqa: E402
 
 # The benchmark text lives in shared/ beside the checkout (or inside it, on machines that put it there).
 SHAKESPEARE = next(
-    (p for p in (ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt",
-                 ROOT / "shared" / "corpora" / "tinyshakespeare.txt") if p.is_file()),
+    (
+        p
+        for p in (
+            ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt",
+            ROOT / "shared" / "corpora" / "tinyshakespeare.txt",
+        )
+        if p.is_file()
+    ),
     ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt",
 )
 KJV = ROOT / "corpora" / "kjv.txt"
@@ -284,6 +290,8 @@ from charrnn.corpus import find_corpus
 from charrnn.train import train
 budget, reserve = float(sys.argv[2]), float(sys.argv[3])
 preset = preset_settings("cpu", "cpu")
+override = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+preset = {part: {**preset[part], **override.get(part, {})} for part in ("model", "train")}
 cfg = TrainConfig(**preset["train"], val_frac=0.1, max_time=budget - reserve - (time.perf_counter() - t0),
                   eval_interval=10**9, eval_tokens=None, log_interval=50)
 result = train(find_corpus([sys.argv[1]]), preset["model"], cfg, Path(sys.argv[4]))
@@ -307,7 +315,7 @@ def eval_seconds(val_chars: int) -> float:
     return (time.perf_counter() - start) * val_chars / sample_chars
 
 
-def bench_quality(budgets: list[float]) -> list[str]:
+def bench_quality(budgets: list[float], override: str = "{}") -> list[str]:
     if not SHAKESPEARE.is_file():
         return [f"(quality skipped: {SHAKESPEARE} not present)"]
     val_chars = len(SHAKESPEARE.read_text()) - int(len(SHAKESPEARE.read_text()) * 0.9)
@@ -329,6 +337,7 @@ def bench_quality(budgets: list[float]) -> list[str]:
                     str(budget),
                     str(reserve),
                     str(Path(tmp) / "run"),
+                    override,
                 ],
                 env=env,
                 capture_output=True,
@@ -355,6 +364,9 @@ def main() -> None:
     parser.add_argument("--quality", default="90,300", help="training budgets in seconds for the quality runs")
     parser.add_argument("--big-gb", type=float, default=1.0, help="size of the synthetic big corpus")
     parser.add_argument("--out", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--override", default="{}", help='JSON changes to the cpu preset: {"model": {..}, "train": {..}}'
+    )
     args = parser.parse_args()
     parts = set(args.only.split(","))
     command = "python scripts/bench_cpu.py " + " ".join(sys.argv[1:])
@@ -383,7 +395,7 @@ def main() -> None:
     if "big" in parts:
         section(bench_big(args.big_gb))
     if "quality" in parts:
-        section(bench_quality([float(b) for b in args.quality.split(",")]))
+        section(bench_quality([float(b) for b in args.quality.split(",")], args.override))
     if args.out:
         args.out.write_text("\n".join(report) + "\n")
 
