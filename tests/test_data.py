@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from charrnn.config import TrainConfig
 from charrnn.corpus import find_corpus

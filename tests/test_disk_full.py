@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from conftest import charrnn
 
 from charrnn import checkpoint as checkpoint_module
@@ -34,14 +33,7 @@ CONFIG = TrainConfig(batch_size=4, seq_len=16, eval_interval=10, log_interval=5,
 CHECKPOINTS = ("last.pt", "best.pt")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One thread here and in subprocesses: spinning threads on a shared machine slow tiny models down."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _contents(run: Path) -> dict[str, bytes]:

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ from charrnn.evaluate import evaluate_run
 from charrnn.train import resume
 
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.slow,
     pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"),
 ]
@@ -43,16 +43,6 @@ STEPS = 30
 SETTINGS = ["--hidden", "32", "--embed", "16", "--layers", "1", "--seq-len", "16", "--seed", "7"]
 SETTINGS += ["--dropout", "0", "--dropout-embed", "0", "--eval-interval", "10", "--eval-streams", "2"]
 SETTINGS += ["--log-interval", "5", "--save-interval", "5", "--max-steps", str(STEPS), "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One thread per process: the same arithmetic in every run, and two ranks fit on two cores."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def torchrun(

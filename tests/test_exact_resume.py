@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from charrnn.corpus import find_corpus
 from charrnn.errors import Interrupted
 from charrnn.train import resume, train
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 STOP_AT = 23
 MAX_STEPS = 30
@@ -40,17 +39,6 @@ CONFIG = TrainConfig(
 # The same run as CONFIG and MODEL, spelled as command-line options.
 CLI_SETTINGS = [*TINY, "--layers", "2", "--dropout", "0.2", "--max-steps", str(MAX_STEPS), "--warmup", "5"]
 CLI_SETTINGS += ["--device", "cpu"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One thread here and in subprocesses: the same arithmetic everywhere, and no spinning threads
-    fighting over a shared machine (which makes tiny models a hundred times slower)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _trajectory(run: Path) -> list[tuple]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from charrnn.generate import SampleSettings, sample
 from charrnn.model import RNNLanguageModel
 from charrnn.tokenizers import ByteTokenizer, CharVocabCounter
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 FUZZ = settings(
     deadline=None,
@@ -49,14 +48,6 @@ corpus_bytes = st.one_of(
 )
 long_text = st.text(st.characters(codec="utf-8", exclude_characters="\0"), min_size=60, max_size=600).map(str.encode)
 any_text = st.text(alphabet=st.characters(codec=None, categories=None), max_size=40)  # lone surrogates too
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_random_corpora_either_prepare_or_fail_cleanly(tmp_path: Path) -> None:

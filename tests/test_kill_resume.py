@@ -20,32 +20,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import TINY, charrnn
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.train import resume
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 KILLS = 20
 BIG = "1000000"  # a budget no process here reaches: every one ends by a kill
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One thread here and in subprocesses: spinning threads on a shared machine slow tiny models down."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _saving(run: Path, pid: int) -> bool:

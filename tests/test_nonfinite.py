@@ -9,7 +9,6 @@ counting every update tried, skipped ones included.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,7 @@ MODEL = {"num_layers": 1, "hidden_size": 32, "embed_size": 16}
 CONFIG = TrainConfig(batch_size=4, seq_len=16, eval_interval=10, log_interval=5, max_steps=20, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One thread here and in subprocesses: spinning threads on a shared machine slow tiny models down."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _all_finite(value: Any) -> bool:

@@ -11,11 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import TINY, charrnn
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
@@ -30,14 +28,7 @@ MODEL = {"num_layers": 1, "hidden_size": 32, "embed_size": 16}
 CONFIG = TrainConfig(batch_size=4, seq_len=16, eval_interval=5, log_interval=1, max_steps=10, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One thread here and in subprocesses: spinning threads on a shared machine slow tiny models down."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _start(*args: str) -> subprocess.Popen[str]:

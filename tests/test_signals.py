@@ -13,11 +13,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import TINY
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
@@ -28,14 +27,7 @@ from charrnn.train import resume, train
 BIG = "1000000"  # a budget no test reaches: every run here ends by a signal
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One thread here and in subprocesses: spinning threads on a shared machine slow tiny models down."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
