@@ -38,7 +38,7 @@ CONFIG = TrainConfig(
 )
 # The same run as CONFIG and MODEL, spelled as command-line options.
 CLI_SETTINGS = [*TINY, "--layers", "2", "--dropout", "0.2", "--max-steps", str(MAX_STEPS), "--warmup", "5"]
-CLI_SETTINGS += ["--device", "cpu"]
+CLI_SETTINGS += ["--device", "cpu", "--lr", str(CONFIG.lr)]  # presets must not differ from CONFIG
 
 
 def _trajectory(run: Path) -> list[tuple]:
