@@ -70,6 +70,15 @@ def header(command: str) -> str:
     )
 
 
+def run_child(code: str, args: list[str], env: dict[str, str]) -> dict:
+    """Run `python -c code args` in a fresh process (so its timing includes imports and loading);
+    its last stdout line is a JSON object of results."""
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 # ----- 1. the training loop against a bare fused step -----
 
 
@@ -252,16 +261,7 @@ def bench_big(gigabytes: float) -> list[str]:
         env = {**os.environ, "CHARRNN_CACHE_DIR": str(Path(tmp) / "cache")}
         results = []
         for attempt in ("miss", "hit"):
-            out = subprocess.run(
-                [sys.executable, "-c", BIG_CHILD, str(big), str(Path(tmp) / f"run-{attempt}")],
-                env=env,
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-            )
-            if out.returncode != 0:
-                raise SystemExit(out.stderr)
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            results.append(run_child(BIG_CHILD, [str(big), str(Path(tmp) / f"run-{attempt}")], env))
     miss, hit = results
     size = f"{gigabytes:g} GB"
     rows.append(
@@ -318,7 +318,8 @@ def eval_seconds(val_chars: int) -> float:
 def bench_quality(budgets: list[float], override: str = "{}") -> list[str]:
     if not SHAKESPEARE.is_file():
         return [f"(quality skipped: {SHAKESPEARE} not present)"]
-    val_chars = len(SHAKESPEARE.read_text()) - int(len(SHAKESPEARE.read_text()) * 0.9)
+    total = len(SHAKESPEARE.read_text())
+    val_chars = total - int(total * 0.9)
     reserve = eval_seconds(val_chars) * 1.15 + 1.0
     rows = [
         "| budget | val loss (nats/char) | bits/char | measured seconds (incl. loading, final eval) | steps | "
@@ -328,25 +329,8 @@ def bench_quality(budgets: list[float], override: str = "{}") -> list[str]:
     for budget in budgets:
         with tempfile.TemporaryDirectory() as tmp:
             env = {**os.environ, "CHARRNN_CACHE_DIR": str(Path(tmp) / "cache")}
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    QUALITY_CHILD,
-                    str(SHAKESPEARE),
-                    str(budget),
-                    str(reserve),
-                    str(Path(tmp) / "run"),
-                    override,
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-            )
-        if out.returncode != 0:
-            raise SystemExit(out.stderr)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+            args = [str(SHAKESPEARE), str(budget), str(reserve), str(Path(tmp) / "run"), override]
+            r = run_child(QUALITY_CHILD, args, env)
         rows.append(
             f"| {budget:g} s | {r['val']:.4f} | {r['val'] / 0.6931471805599453:.4f} | {r['seconds']:.1f} | "
             f"{r['steps']:,} | {r['chars_per_sec']:,.0f} |"
