@@ -260,7 +260,7 @@ def sample(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
     """Generate text from a trained model."""
-    from charrnn.generate import sample_run
+    from charrnn.sampling import sample_run
 
     sample_run(
         run,

@@ -150,8 +150,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": dict(batch_size=32, seq_len=128, lr=1e-2, warmup_steps=50, weight_decay=0.01),
     },
     "gpu": {
-        "model": dict(cell="lstm", num_layers=3, hidden_size=512, embed_size=128,
-                      dropout_embed=0.1, dropout_hidden=0.35, dropout_output=0.35, tie_weights=False),
+        "model": dict(
+            cell="lstm",
+            num_layers=3,
+            hidden_size=512,
+            embed_size=128,
+            dropout_embed=0.1,
+            dropout_hidden=0.35,
+            dropout_output=0.35,
+            tie_weights=False,
+        ),
         "train": dict(batch_size=64, seq_len=128, lr=3e-3, warmup_steps=100, weight_decay=0.1),
     },
 }

@@ -18,62 +18,22 @@ byte tokenizers have one segmentation of any text, so nothing changes for them.
 
 from __future__ import annotations
 
-import math
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 
-from charrnn.errors import CharrnnError
 from charrnn.model import RNNLanguageModel, SingleStep
+from charrnn.sampling import (  # noqa: F401 (heal_prime and SampleSettings: part of this module's API)
+    BLOCK_CPU,
+    SampleResult,
+    SampleSettings,
+    TextStream,
+    deliver,
+    heal_prime,
+    start_ids,
+)
 from charrnn.tokenizers import Tokenizer
-
-MAX_LENGTH = 100_000_000
-MAX_SAMPLES = 65_536
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    length: int = 500  # new characters per sample
-    temperature: float = 0.8  # 0 means greedy (always the most likely token)
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    seed: int | None = None
-    num_samples: int = 1
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.length <= MAX_LENGTH:
-            raise CharrnnError(f"--length must be in 0..{MAX_LENGTH:,}, got {self.length:,}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise CharrnnError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise CharrnnError(f"--top-k must be >= 0 (0 turns it off), got {self.top_k}")
-        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
-            raise CharrnnError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if not 1 <= self.num_samples <= MAX_SAMPLES:
-            raise CharrnnError(f"--num-samples must be in 1..{MAX_SAMPLES}, got {self.num_samples}")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise CharrnnError(f"--seed must be in 0..2^63-1, got {self.seed}")
-        if any(s == "" for s in self.stop):
-            raise CharrnnError("--stop strings must not be empty")
-
-
-@dataclass
-class SampleResult:
-    texts: list[str]
-    prime_unknown: int
-    tokens: int  # tokens generated over all streams
-    seconds: float
-
-    @property
-    def chars_per_sec(self) -> float:
-        return sum(len(t) for t in self.texts) / max(self.seconds, 1e-9)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -127,67 +87,6 @@ class _Chooser:
         return (choice if ids is None else ids.gather(1, choice)).squeeze(1)
 
 
-class _Stream:
-    """One sample's text, what of it has been handed out, and whether it is finished."""
-
-    def __init__(self, tokenizer: Tokenizer, length: int, stops: Sequence[str], healed: str = "") -> None:
-        self.decoder = tokenizer.stream_decoder()
-        self.healed = healed  # the prime's own text that generation writes again first; not output
-        self.text = ""
-        self.emitted = 0
-        self.length = length
-        self.stops = stops
-        self.hold = max((len(s) for s in stops), default=1) - 1
-        self.done = length == 0
-
-    def add(self, piece: str) -> str:
-        """Append decoded text; return what may be printed now (held back: a possible stop-string start)."""
-        if self.healed:
-            n = min(len(self.healed), len(piece))  # the constraint makes the decoded text start with it
-            self.healed, piece = self.healed[n:], piece[n:]
-        if self.done:
-            return ""
-        self.text += piece
-        if len(self.text) >= self.length:
-            self.text = self.text[: self.length]
-            self.done = True
-        for stop in self.stops:
-            at = self.text.find(stop, max(0, self.emitted - len(stop) + 1))
-            if at >= 0:
-                self.text = self.text[:at]
-                self.done = True
-        end = len(self.text) if self.done else max(self.emitted, len(self.text) - self.hold)
-        out = self.text[self.emitted : end]
-        self.emitted = end
-        return out
-
-    def finish(self) -> str:
-        out = self.add(self.decoder.flush()) if not self.done else ""
-        self.done = True
-        rest = self.text[self.emitted :]
-        self.emitted = len(self.text)
-        return out + rest
-
-
-def heal_prime(tokenizer: Tokenizer, ids: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """Token healing: the prime's ids without its longest run of trailing tokens whose text is a
-    proper prefix of some piece, and that text (empty when nothing is taken off)."""
-    texts = tokenizer.token_texts()
-    if all(text is None or len(text) <= 1 for text in texts):
-        return ids, ""  # one piece per character (or byte): a single segmentation, nothing to heal
-    healed = ""
-    cut = ids.numel()
-    for i in reversed(ids.tolist()):
-        text = texts[i] if 0 <= i < len(texts) else None
-        if not text:  # <unk> or a partial UTF-8 byte: stop at a whole-text boundary
-            break
-        candidate = text + healed
-        if not any(p is not None and len(p) > len(candidate) and p.startswith(candidate) for p in texts):
-            break
-        healed, cut = candidate, cut - 1
-    return ids[:cut], healed
-
-
 class _Healing:
     """Constrains each stream's first tokens to write the healed text again.
 
@@ -238,18 +137,8 @@ class _Healing:
 
 
 def _start_tokens(tokenizer: Tokenizer, prime: str) -> tuple[torch.Tensor, int, str]:
-    """Prime ids to condition on, how many were unknown, and the text healing took off the end.
-    A prime that is empty (or healed away entirely) starts from a newline."""
-    ids = tokenizer.encode(prime) if prime else torch.empty(0, dtype=torch.long)
-    unknown = int((ids == tokenizer.unk_id).sum()) if tokenizer.unk_id is not None and ids.numel() else 0
-    if prime and unknown == ids.numel():
-        raise CharrnnError("the prime holds only characters the model never saw in training")
-    ids, healed = heal_prime(tokenizer, ids)
-    if ids.numel() == 0:
-        ids = tokenizer.encode("\n")
-        if ids.numel() == 0 or (tokenizer.unk_id is not None and bool((ids == tokenizer.unk_id).any())):
-            ids = torch.tensor([0 if tokenizer.unk_id != 0 else 1])
-    return ids.long(), unknown, healed
+    ids, unknown, healed = start_ids(tokenizer, prime)
+    return torch.tensor(ids, dtype=torch.long), unknown, healed
 
 
 @torch.no_grad()
@@ -297,14 +186,14 @@ def _sample(
         logits[:, tokenizer.unk_id] = float("-inf")  # never generate <unk>
     step = SingleStep(model, banned=[] if tokenizer.unk_id is None else [tokenizer.unk_id])
     layers = step.begin(state)
-    streams = [_Stream(tokenizer, settings.length, settings.stop, healed) for _ in range(batch)]
+    streams = [TextStream(tokenizer, settings.length, settings.stop, healed) for _ in range(batch)]
     healing = _Healing(tokenizer, healed, batch)
     emit = on_text or (lambda i, t: None)
     generated = 0
     unfinished = sum(not s.done for s in streams)
     # Tokens stay on the device and reach Python (decoding, stop strings, printing) in blocks,
     # so neither a host round trip nor per-stream Python runs at every step.
-    block = 32 if device.type == "cpu" else 256
+    block = BLOCK_CPU if device.type == "cpu" else 256
     pending: list[torch.Tensor] = []
     graph: _GraphBlock | None = None
     # Bulk mode: a char model with nothing to watch (no printing, no stop strings) needs exactly
@@ -326,7 +215,7 @@ def _sample(
                 if bulk:
                     collected.append(tokens.clone())
                 else:
-                    unfinished -= _deliver(tokens.t().tolist(), streams, emit)
+                    unfinished -= deliver(tokens.t().tolist(), streams, emit)
                 continue
         if healing.active:
             logits = logits.masked_fill(~healing.allowed().to(device), float("-inf"))
@@ -346,7 +235,7 @@ def _sample(
                 collected.append(torch.stack(pending))
                 pending.clear()
         elif len(pending) == block or healing.active or len(pending) >= settings.length:
-            unfinished -= _deliver(torch.stack(pending, dim=1).tolist(), streams, emit)
+            unfinished -= deliver(torch.stack(pending, dim=1).tolist(), streams, emit)
             pending.clear()
         if unfinished:
             logits, layers = step.advance(token, layers, scale)  # <unk> is banned inside the step
@@ -359,18 +248,6 @@ def _sample(
         if rest:
             emit(i, rest)
     return SampleResult([s.text for s in streams], unknown, generated, time.perf_counter() - started)
-
-
-def _deliver(rows: list[list[int]], streams: list[_Stream], emit: Callable[[int, str], None]) -> int:
-    """Hand each stream its new ids (rows: B lists); returns how many streams finished."""
-    finished = 0
-    for i, (stream, ids) in enumerate(zip(streams, rows)):
-        if not stream.done:
-            out = stream.add(stream.decoder.push(ids))
-            if out:
-                emit(i, out)
-            finished += stream.done
-    return finished
 
 
 class _GraphBlock:
@@ -428,77 +305,3 @@ def _clone_layers(layers: list) -> list:
 
 def _flat(layers: list) -> list[torch.Tensor]:
     return [t for s in layers for t in (s if isinstance(s, tuple) else (s,))]
-
-
-def _read_prime(prime: str, prime_file: Path | None) -> str:
-    if prime_file is None:
-        return prime
-    if prime:
-        raise CharrnnError("give --prime or --prime-file, not both")
-    from charrnn.corpus import find_corpus
-
-    return find_corpus([str(prime_file)]).read_text()
-
-
-def _check_output(output: Path) -> None:
-    """Refuse an unusable --output before spending time on generation."""
-    parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
-        raise CharrnnError(f"cannot write {output}: directory {parent} does not exist")
-    if output.is_dir():
-        raise CharrnnError(f"cannot write {output}: it is a directory")
-    if not os.access(parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
-        raise CharrnnError(f"cannot write {output}: permission denied")
-
-
-def sample_run(
-    run: Path,
-    *,
-    prime: str = "",
-    prime_file: Path | None = None,
-    output: Path | None = None,
-    device: str = "cpu",
-    **settings: Any,
-) -> SampleResult:
-    """The `sample` command: load a checkpoint, generate, stream to stdout or write `output`."""
-    from charrnn.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
-    from charrnn.devices import resolve_device
-
-    sample_settings = SampleSettings(**settings)
-    if output is not None:
-        _check_output(output)
-    prime_text = _read_prime(prime, prime_file)
-    model, tokenizer = model_from_checkpoint(load_checkpoint(run), resolve_device(device))
-    _start_tokens(tokenizer, prime_text)  # refuse an unusable prime before printing it
-    live = output is None and sample_settings.num_samples == 1
-    if live:
-        sys.stdout.write(prime_text)
-        sys.stdout.flush()
-    last_flush = [time.perf_counter()]
-
-    def show(stream: int, text: str) -> None:
-        sys.stdout.write(text)
-        if time.perf_counter() - last_flush[0] > 0.05:
-            sys.stdout.flush()
-            last_flush[0] = time.perf_counter()
-
-    result = sample(model, tokenizer, prime_text, sample_settings, on_text=show if live else None)
-    if result.prime_unknown:
-        print(
-            f"charrnn: note: {result.prime_unknown} prime character(s) are not in the model's vocabulary "
-            "and were read as <unk>",
-            file=sys.stderr,
-        )
-    texts = [prime_text + t for t in result.texts]
-    if live:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-    elif output is None:
-        for i, text in enumerate(texts):
-            sys.stdout.write(("" if i == 0 else "\n") + f"----- sample {i + 1} -----\n{text}\n")
-        sys.stdout.flush()
-    else:
-        joined = "".join(("" if i == 0 else "\n") + f"----- sample {i + 1} -----\n{t}\n" for i, t in enumerate(texts))
-        body = texts[0] if len(texts) == 1 else joined
-        atomic_write(output, lambda handle: handle.write(body.encode("utf-8")))
-    return result

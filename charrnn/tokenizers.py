@@ -17,6 +17,10 @@ U+FFFD before tokenizing, for every kind; encode never raises on a str.
 
 A tokenizer's ``to_state()`` holds only plain Python values and ``torch.uint8``
 tensors, so a checkpoint that embeds it loads with ``torch.load(weights_only=True)``.
+
+torch and sentencepiece are imported where they are used, not at the top: the char
+and byte tokenizers' `encode_list`, `decode` and `stream_decoder` run without them,
+which is what lets `charrnn sample` on the CPU start without importing torch.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-
-import sentencepiece as spm
-import torch
+from typing import TYPE_CHECKING
 
 from charrnn.errors import CharrnnError
+
+if TYPE_CHECKING:
+    import torch
 
 TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
 
@@ -55,7 +60,8 @@ def _without_surrogates(text: str) -> str:
 
 
 def _ids_to_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
-    return ids.flatten().tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    """A list of ints from a list, a torch tensor or a numpy array (of any shape)."""
+    return ids.flatten().tolist() if hasattr(ids, "flatten") else list(ids)
 
 
 def _join_bytes(id_bytes: Sequence[bytes | None], ids: Sequence[int] | torch.Tensor) -> bytes:
@@ -102,6 +108,10 @@ class Tokenizer(ABC):
     def encode(self, text: str) -> torch.Tensor:
         """1-D torch.int64 tensor of ids."""
 
+    def encode_list(self, text: str) -> list[int]:
+        """The ids of `encode` as a list (char and byte tokenizers compute it without torch)."""
+        return self.encode(text).tolist()
+
     @abstractmethod
     def to_state(self) -> dict:
         """Everything needed to rebuild this tokenizer with `tokenizer_from_state`."""
@@ -130,6 +140,8 @@ class Tokenizer(ABC):
 
 def _code_points(text: str) -> torch.Tensor:
     """int32 code points of a surrogate-free str (empty tensor for an empty str)."""
+    import torch
+
     if not text:
         return torch.empty(0, dtype=torch.int32)
     # bytearray: torch.frombuffer wants a writable buffer.
@@ -153,9 +165,12 @@ class CharTokenizer(Tokenizer):
         self.vocab_size = len(chars) + 1
         self._id_bytes = [None, *(c.encode("utf-8") for c in chars)]
         self._table: torch.Tensor | None = None
+        self._index: dict[str, int] | None = None
 
     def _id_of_code_point(self) -> torch.Tensor:
         # Built on first use: a 0x110000-entry table (~9 MB), 0 (<unk>) for unseen code points.
+        import torch
+
         if self._table is None:
             table = torch.zeros(_NUM_CODE_POINTS, dtype=torch.int64)
             table[_code_points(self.chars).long()] = torch.arange(1, self.vocab_size)
@@ -163,6 +178,8 @@ class CharTokenizer(Tokenizer):
         return self._table
 
     def encode(self, text: str) -> torch.Tensor:
+        import torch
+
         text = _without_surrogates(text)
         table = self._id_of_code_point()
         ids = torch.empty(len(text), dtype=torch.int64)  # len(str) counts code points
@@ -170,6 +187,12 @@ class CharTokenizer(Tokenizer):
             chunk = text[start : start + _CHAR_CHUNK]
             torch.index_select(table, 0, _code_points(chunk), out=ids[start : start + len(chunk)])
         return ids
+
+    def encode_list(self, text: str) -> list[int]:
+        if self._index is None:
+            self._index = {c: i for i, c in enumerate(self.chars, start=1)}
+        index = self._index
+        return [index.get(c, 0) for c in _without_surrogates(text)]
 
     def to_state(self) -> dict:
         return {"kind": self.kind, "chars": self.chars}
@@ -179,6 +202,8 @@ class CharVocabCounter:
     """Collects the distinct characters of a text fed in chunks, without keeping the text."""
 
     def __init__(self) -> None:
+        import torch
+
         self._seen = torch.zeros(_NUM_CODE_POINTS, dtype=torch.bool)
 
     def update(self, text_chunk: str) -> None:
@@ -202,10 +227,15 @@ class ByteTokenizer(Tokenizer):
         self._id_bytes = [bytes([b]) for b in range(256)]
 
     def encode(self, text: str) -> torch.Tensor:
+        import torch
+
         data = _without_surrogates(text).encode("utf-8")
         if not data:
             return torch.empty(0, dtype=torch.int64)
         return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64)
+
+    def encode_list(self, text: str) -> list[int]:
+        return list(_without_surrogates(text).encode("utf-8"))
 
     def to_state(self) -> dict:
         return {"kind": self.kind}
@@ -264,6 +294,8 @@ class SentencePieceTokenizer(Tokenizer):
         self.model = model
         if not model:
             raise CharrnnError(f"the {kind} tokenizer model is empty")
+        import sentencepiece as spm
+
         try:
             self._sp = spm.SentencePieceProcessor(model_proto=model)
         except RuntimeError as error:
@@ -286,6 +318,8 @@ class SentencePieceTokenizer(Tokenizer):
         return piece.replace(_SP_SPACE, " ").encode("utf-8")
 
     def encode(self, text: str) -> torch.Tensor:
+        import torch
+
         text = _without_surrogates(text)
         parts = [torch.empty(0, dtype=torch.int64)]
         for chunk in _chunks_at_newlines(text, _SP_ENCODE_CHUNK):
@@ -299,12 +333,16 @@ class SentencePieceTokenizer(Tokenizer):
         return torch.cat(parts)
 
     def to_state(self) -> dict:
+        import torch
+
         return {"kind": self.kind, "model": torch.frombuffer(bytearray(self.model), dtype=torch.uint8)}
 
 
 def _train_sentencepiece(kind: str, text: str, vocab_size: int) -> SentencePieceTokenizer:
     """Train in memory. A vocab_size the text cannot support is a CharrnnError naming the
     usable limit (no silent retry: the user's chosen size is part of the model config)."""
+    import sentencepiece as spm
+
     model = io.BytesIO()
     spm.set_random_generator_seed(_SP_SEED)
     try:
@@ -407,6 +445,8 @@ def tokenizer_from_state(state: dict) -> Tokenizer:
         if not isinstance(chars, str):
             raise CharrnnError("char tokenizer state needs 'chars', a string")
         return CharTokenizer(chars)
+    import torch
+
     model = state.get("model")
     if not isinstance(model, torch.Tensor) or model.dtype != torch.uint8 or model.dim() != 1:
         raise CharrnnError(f"{kind} tokenizer state needs 'model', a 1-D torch.uint8 tensor")

@@ -157,31 +157,41 @@ def bare_sampling_rate(model: RNNLanguageModel, n: int) -> float:
 
 
 def bench_sampling(n: int = 4000) -> list[str]:
+    """One stream of the CPU default model: the numpy sampler (what `charrnn sample` runs on the CPU),
+    torch's `generate.sample` (the Python API, and what other devices run), and a bare loop."""
     from charrnn.generate import SampleSettings, sample
+    from charrnn.generate_numpy import sample_numpy
     from charrnn.tokenizers import train_tokenizer
 
     text = SHAKESPEARE.read_text() if SHAKESPEARE.is_file() else KJV.read_text()[:1_000_000]
     tok = train_tokenizer("char", text)
     torch.manual_seed(0)
     model = RNNLanguageModel(ModelConfig(vocab_size=tok.vocab_size, **PRESET["model"])).eval()
+    arrays = {key: value.detach().numpy() for key, value in model.state_dict().items()}
     variants = {
         "temperature 0.8": SampleSettings(length=n, temperature=0.8, seed=1),
         "temperature 1.0, top-k 10": SampleSettings(length=n, temperature=1.0, top_k=10, seed=1),
         "temperature 1.0, top-p 0.9": SampleSettings(length=n, temperature=1.0, top_p=0.9, seed=1),
         "greedy": SampleSettings(length=n, temperature=0.0),
+        "256 streams in one batch (total)": SampleSettings(length=n // 4, temperature=0.8, seed=1, num_samples=256),
     }
-    rows = ["| sampling, one stream, CPU default model | chars/s |", "| --- | --- |"]
-    base = bare_sampling_rate(model, n // 4)
-    rows.append(f"| bare loop over nn.LSTM, one char per call | {base:,.0f} |")
-    rates = {}
-    for name, settings in variants.items():
-        rates[name] = statistics.median(sample(model, tok, "\n", settings).chars_per_sec for _ in range(3))
-        rows.append(f"| charrnn sample, {name} | {rates[name]:,.0f} |")
-    batch = SampleSettings(length=n // 4, temperature=0.8, seed=1, num_samples=256)
-    many = sample(model, tok, "\n", batch).chars_per_sec
-    rows.append(f"| charrnn sample, 256 streams in one batch (total) | {many:,.0f} |")
-    worst = min(rates.values()) / rates["temperature 0.8"]
-    rows.append(f"| slowest variant / temperature-only (target >= 0.80) | {worst:.3f} |")
+    samplers = {
+        "numpy": lambda settings: sample_numpy(model.cfg, arrays, tok, "\n", settings, lambda i, t: None),
+        "torch": lambda settings: sample(model, tok, "\n", settings, lambda i, t: None),
+    }
+    rows = ["| sampling, CPU default model | numpy sampler, chars/s | torch sampler, chars/s |", "| --- | --- | --- |"]
+    rows.append(f"| bare loop over nn.LSTM, one char per call | | {bare_sampling_rate(model, n // 4):,.0f} |")
+    rates: dict[str, dict[str, float]] = {name: {} for name in samplers}
+    for variant, settings in variants.items():
+        for name, run in samplers.items():  # interleaved, so both see the same machine
+            rates[name][variant] = statistics.median(run(settings).chars_per_sec for _ in range(3))
+        rows.append(f"| {variant} | {rates['numpy'][variant]:,.0f} | {rates['torch'][variant]:,.0f} |")
+    one = [v for v in variants if "streams" not in v]
+    worst = {name: min(rates[name][v] for v in one) / rates[name]["temperature 0.8"] for name in samplers}
+    rows.append(
+        f"| slowest one-stream variant / temperature-only (target >= 0.80) | {worst['numpy']:.3f} "
+        f"| {worst['torch']:.3f} |"
+    )
     return rows
 
 

@@ -74,3 +74,15 @@ def test_loss_of_untrained_model_is_near_uniform() -> None:
     x = torch.randint(0, 50, (20, 8))
     _, loss, _ = model(x, targets=x)
     assert abs(loss.item() - torch.log(torch.tensor(50.0)).item()) < 0.3
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("tie, embed", [(False, 16), (True, 16), (True, 32)], ids=["untied", "tied+proj", "tied"])
+def test_checkpoint_shape_check_predicts_the_state_dict(cell: str, tie: bool, embed: int) -> None:
+    """Checkpoints are checked against shapes computed from the config, without building the model:
+    those shapes must be exactly the model's."""
+    from charrnn.checkpoint import weight_shapes
+
+    cfg = ModelConfig(vocab_size=11, cell=cell, num_layers=3, hidden_size=32, embed_size=embed, tie_weights=tie)
+    actual = {key: tuple(value.shape) for key, value in RNNLanguageModel(cfg).state_dict().items()}
+    assert weight_shapes(cfg) == actual

@@ -1,0 +1,244 @@
+"""Sampling on the CPU with numpy: the same model and the same draws, without importing torch.
+
+`charrnn sample` on the CPU spends most of its time, for one stream, on two things
+that have nothing to do with arithmetic: `import torch` (1 to 3 s on two cores,
+longer than the whole target of printing the first character within 1 s) and
+torch's per-call dispatch (several microseconds per operation, some twenty-five
+operations per character). A step of a 2 × 256 LSTM is three matrix-vector
+products of about 1 MB of weights, some 60 µs of work; everything else is small
+vector arithmetic. So char and byte models sample here, from the checkpoint's
+weights read as numpy arrays (`checkpoint_numpy.py`), in float32, like the torch
+path:
+
+- The first layer's input projection of a one-hot input is a row of a
+  precomputed (vocab, gates) table; later layers project their whole input in one
+  product (over the whole prime at once when priming).
+- An LSTM's sigmoid gates come out of the one `tanh` over all four gates: their
+  weights and biases are pre-halved, and sigmoid(z) = (1 + tanh(z / 2)) / 2 is
+  finished by one multiply-add over the gate vector. A GRU does the same with its
+  reset and update gates, and keeps its hidden-side candidate projection apart
+  (the reset gate multiplies it).
+- The temperature is folded into the head's weights, and tokens are drawn by the
+  Gumbel-max trick (argmax of logits plus Gumbel noise is an exact sample of the
+  softmax), with the noise for 32 steps drawn in one call. top-k keeps the k
+  largest logits; top-p sorts what is kept and drops the tail past probability p.
+
+Everything about text (stop strings, lengths, streaming, output) is shared with
+the torch path in `sampling.py`. Subword models, whose primes need token healing,
+and other devices sample in `generate.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from charrnn.config import ModelConfig
+from charrnn.sampling import BLOCK_CPU, SampleResult, SampleSettings, TextStream, deliver, start_ids
+from charrnn.tokenizers import Tokenizer
+
+F32 = np.float32
+
+
+class NumpyModel:
+    """A trained model's weights rearranged for stepping in numpy. State: per layer, (h, c) or h, each (B, H)."""
+
+    def __init__(self, cfg: ModelConfig, weights: dict[str, np.ndarray], banned: Sequence[int] = ()) -> None:
+        self.cell, self.hidden, self.layers = cfg.cell, cfg.hidden_size, cfg.num_layers
+        H = cfg.hidden_size
+        # Per gate block, what multiplies the pre-activation so that one tanh serves every gate:
+        # 1/2 for sigmoid gates (then sigmoid = 1/2 + tanh/2), 1 for tanh gates.
+        halve = {"lstm": [0.5, 0.5, 1.0, 0.5], "gru": [0.5, 0.5, 1.0], "rnn": [1.0]}[cfg.cell]
+        pre = np.repeat(np.array(halve, dtype=F32), H)
+        # After the tanh: gates * post_mul + post_add turns the sigmoid blocks into sigmoids.
+        self.post_mul = np.where(pre == 0.5, F32(0.5), F32(1.0)).astype(F32)
+        self.post_add = np.where(pre == 0.5, F32(0.5), F32(0.0)).astype(F32)
+        self.w_x: list[np.ndarray] = []  # (in, G*H) input-side weights of layers 1..; [0] unused
+        self.b: list[np.ndarray] = []  # (G*H,) input-side bias (plus hidden bias where it can be summed)
+        self.w_h: list[np.ndarray] = []  # (H, G*H), or for a GRU (H, 3H) with the candidate block apart
+        self.b_hn: list[np.ndarray] = []  # GRU only: the hidden-side candidate bias, inside the reset gate
+        for i in range(cfg.num_layers):
+            w_ih = weights[f"rnns.{i}.weight_ih_l0"].astype(F32)
+            w_hh = weights[f"rnns.{i}.weight_hh_l0"].astype(F32)
+            b_ih = weights[f"rnns.{i}.bias_ih_l0"].astype(F32)
+            b_hh = weights[f"rnns.{i}.bias_hh_l0"].astype(F32)
+            if cfg.cell == "gru":
+                bias = b_ih + np.concatenate([b_hh[: 2 * H], np.zeros(H, F32)])
+                self.b_hn.append(b_hh[2 * H :].copy())
+            else:
+                bias = b_ih + b_hh
+            self.w_x.append(np.ascontiguousarray(w_ih.T * pre))
+            self.b.append((bias * pre).astype(F32))
+            self.w_h.append(np.ascontiguousarray(w_hh.T * pre))
+        embed = weights["embed.weight"].astype(F32)
+        self.table = (embed @ self.w_x[0] + self.b[0]).astype(F32)  # (V, G*H): layer 0's input projection
+        self.proj = weights["proj.weight"].astype(F32).T.copy() if "proj.weight" in weights else None
+        self.head_w = np.ascontiguousarray(weights["head.weight"].astype(F32).T)  # (H or E, V)
+        self.head_b = weights["head.bias"].astype(F32).copy()
+        self.head_b[list(banned)] = -np.inf  # ids never to be produced, e.g. <unk>
+        self.vocab = self.head_b.shape[0]
+
+    def zero_state(self, batch: int) -> list:
+        zeros = [np.zeros((batch, self.hidden), F32) for _ in range(self.layers)]
+        return [(h, h.copy()) for h in zeros] if self.cell == "lstm" else zeros
+
+    def _cell(self, i: int, gx: np.ndarray, state):
+        """One time step of layer i: gx (B, G*H) is the input projection with its bias; returns the new state."""
+        H = self.hidden
+        if self.cell == "lstm":
+            h, c = state
+            gates = h @ self.w_h[i]
+            gates += gx
+            np.tanh(gates, out=gates)
+            gates *= self.post_mul
+            gates += self.post_add  # now sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
+            c = gates[:, H : 2 * H] * c
+            c += gates[:, :H] * gates[:, 2 * H : 3 * H]
+            h = np.tanh(c)
+            h *= gates[:, 3 * H :]
+            return h, c
+        if self.cell == "gru":
+            h = state
+            gh = h @ self.w_h[i]
+            rz = gx[:, : 2 * H] + gh[:, : 2 * H]
+            np.tanh(rz, out=rz)
+            rz *= 0.5
+            rz += 0.5  # sigmoid(r), sigmoid(z)
+            gh_n = gh[:, 2 * H :] + self.b_hn[i]
+            gh_n *= rz[:, :H]
+            gh_n += gx[:, 2 * H :]
+            n = np.tanh(gh_n)
+            h = h - n
+            h *= rz[:, H:]
+            h += n  # (1 - z) * n + z * h
+            return h
+        pre = state @ self.w_h[i]
+        pre += gx
+        return np.tanh(pre, out=pre)
+
+    def _head(self, x: np.ndarray, scale: float) -> np.ndarray:
+        if self.proj is not None:
+            x = x @ self.proj
+        logits = x @ self.head_w
+        logits += self.head_b
+        if scale != 1.0:
+            logits *= F32(scale)
+        return logits
+
+    def step(self, tokens: np.ndarray, state: list, scale: float = 1.0) -> tuple[np.ndarray, list]:
+        """tokens (B,) ints -> logits (B, V) times `scale`, and the state after them."""
+        new = []
+        x = None
+        for i in range(self.layers):
+            gx = self.table[tokens] if i == 0 else x @ self.w_x[i] + self.b[i]
+            layer = self._cell(i, gx, state[i])
+            new.append(layer)
+            x = layer[0] if self.cell == "lstm" else layer
+        return self._head(x, scale), new
+
+    def prime(self, ids: Sequence[int], batch: int, scale: float = 1.0) -> tuple[np.ndarray, list]:
+        """Run one stream through `ids` from the zero state, layer by layer (each layer's input
+        projection for the whole prime is one product); the last logits (B, V) and the state,
+        repeated for `batch` streams."""
+        state = self.zero_state(1)
+        out = self.table[np.asarray(ids, dtype=np.int64)]  # (T, G*H)
+        new = []
+        for i in range(self.layers):
+            gx = out if i == 0 else out @ self.w_x[i] + self.b[i]
+            layer = state[i]
+            outputs = np.empty((len(ids), self.hidden), F32)
+            for t in range(len(ids)):
+                layer = self._cell(i, gx[t : t + 1], layer)
+                outputs[t] = layer[0] if self.cell == "lstm" else layer
+            new.append(layer)
+            out = outputs
+        logits = np.repeat(self._head(out[-1:], scale), batch, axis=0)
+        if self.cell == "lstm":
+            return logits, [(np.repeat(h, batch, axis=0), np.repeat(c, batch, axis=0)) for h, c in new]
+        return logits, [np.repeat(h, batch, axis=0) for h in new]
+
+
+class Chooser:
+    """Draws the next token of every stream from scaled logits: greedy argmax, or Gumbel-max
+    over the whole vocabulary, its top k, and/or its top-p nucleus."""
+
+    def __init__(self, settings: SampleSettings, vocab: int, batch: int, rng: np.random.Generator) -> None:
+        self.top_p, self.rng, self.batch = settings.top_p, rng, batch
+        self.greedy = settings.temperature == 0
+        self.width = settings.top_k if 0 < settings.top_k < vocab else vocab
+        self.noise = np.empty((0, batch, self.width), F32)
+        self.used = 0
+        self.rows = np.arange(batch)[:, None]  # for picking one entry per row
+
+    def _gumbel(self) -> np.ndarray:
+        if self.used == len(self.noise):  # a block of steps' worth of noise in one call
+            u = self.rng.random((BLOCK_CPU, self.batch, self.width), dtype=F32)
+            np.clip(u, 1e-10, 1 - 1e-7, out=u)
+            self.noise = -np.log(-np.log(u))
+            self.used = 0
+        self.used += 1
+        return self.noise[self.used - 1]
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        """logits (B, V), already divided by the temperature -> token ids (B,)."""
+        if self.greedy:
+            return logits.argmax(axis=1)
+        rows = self.rows
+        ids = None
+        if self.width < logits.shape[1]:
+            ids = np.argpartition(logits, -self.width, axis=1)[:, -self.width :]
+            logits = logits[rows, ids]
+        if self.top_p < 1.0:
+            order = np.argsort(logits, axis=1)  # ascending: the most likely token last
+            ids = order if ids is None else ids[rows, order]
+            logits = logits[rows, order]
+            weights = np.exp(logits - logits[:, -1:])  # unnormalized probabilities, the largest 1
+            mass = np.add.accumulate(weights, axis=1)  # of each token and all less likely ones
+            total = mass[:, -1:]
+            # Drop a token when the more likely ones already hold top_p of the probability
+            # (never the most likely one: 0 >= top_p * total is false).
+            logits[total - mass >= self.top_p * total] = -np.inf
+        choice = (logits + self._gumbel()).argmax(axis=1)
+        return choice if ids is None else ids[rows[:, 0], choice]
+
+
+def sample_numpy(
+    cfg: ModelConfig,
+    weights: dict[str, np.ndarray],
+    tokenizer: Tokenizer,
+    prime: str,
+    settings: SampleSettings,
+    on_text: Callable[[int, str], None] | None = None,
+) -> SampleResult:
+    """Generate `settings.num_samples` continuations of `prime` from a char or byte model's weights.
+    Same contract as `generate.sample`: `on_text(stream, text)` gets text as it is made."""
+    started = time.perf_counter()
+    ids, unknown, _ = start_ids(tokenizer, prime)  # char and byte models have nothing to heal
+    batch = settings.num_samples
+    model = NumpyModel(cfg, weights, banned=[] if tokenizer.unk_id is None else [tokenizer.unk_id])
+    scale = 1.0 / settings.temperature if settings.temperature > 0 else 1.0
+    logits, state = model.prime(ids, batch, scale)
+    rng = np.random.default_rng(settings.seed)
+    choose = Chooser(settings, model.vocab, batch, rng)
+    streams = [TextStream(tokenizer, settings.length, settings.stop) for _ in range(batch)]
+    emit = on_text or (lambda i, t: None)
+    unfinished = sum(not s.done for s in streams)
+    pending = np.empty((batch, BLOCK_CPU), dtype=np.int64)  # tokens reach Python in blocks of steps
+    filled = generated = 0
+    while unfinished:
+        token = choose(logits)
+        pending[:, filled] = token
+        filled += 1
+        generated += batch
+        if filled == BLOCK_CPU or filled >= settings.length:
+            unfinished -= deliver(pending[:, :filled].tolist(), streams, emit)
+            filled = 0
+        if unfinished:
+            logits, state = model.step(token, state, scale)
+    for i, stream in enumerate(streams):
+        rest = stream.finish()
+        if rest:
+            emit(i, rest)
+    return SampleResult([s.text for s in streams], unknown, generated, time.perf_counter() - started)
