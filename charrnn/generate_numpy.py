@@ -161,8 +161,16 @@ class NumpyModel:
 
 
 class Chooser:
-    """Draws the next token of every stream from scaled logits: greedy argmax, or Gumbel-max
-    over the whole vocabulary, its top k, and/or its top-p nucleus."""
+    """Draws the next token of every stream from scaled logits: greedy argmax, or a sample from
+    the softmax of the whole vocabulary, of its top k, and/or of its top-p nucleus.
+
+    Sampling is Gumbel-max: argmax of logits plus Gumbel noise. top-p needs the nucleus, the most
+    likely tokens that hold probability p, which takes a sort. For one stream, whose every numpy
+    call shows, a draw from the whole softmax comes first and is kept when it lies in the nucleus
+    (the tokens more likely than it hold less than p): a sort is needed only for the other
+    draws, at most 1 - p of them. Kept draws, and the draws from the sorted nucleus that replace
+    the rest, together follow exactly the nucleus's renormalized softmax.
+    """
 
     def __init__(self, settings: SampleSettings, vocab: int, batch: int, rng: np.random.Generator) -> None:
         self.top_p, self.rng, self.batch = settings.top_p, rng, batch
@@ -190,6 +198,16 @@ class Chooser:
         if self.width < logits.shape[1]:
             ids = np.argpartition(logits, -self.width, axis=1)[:, -self.width :]
             logits = logits[rows, ids]
+        if self.top_p < 1.0 and self.batch == 1 and self.top_p >= 0.5:
+            choice = (logits + self._gumbel()).argmax(axis=1)
+            row = logits[0]
+            drawn = row[choice[0]]
+            # Probabilities relative to the drawn token's, capped at e^80 against overflow: a token
+            # that much more likely puts the draw far outside the nucleus, and the test still says so.
+            weights = np.exp(np.minimum(row - drawn, 80.0))
+            above = np.add.reduce(weights[row > drawn])  # the more likely tokens
+            if above < self.top_p * np.add.reduce(weights):
+                return choice if ids is None else ids[0, choice]
         if self.top_p < 1.0:
             order = np.argsort(logits, axis=1)  # ascending: the most likely token last
             ids = order if ids is None else ids[rows, order]

@@ -79,6 +79,11 @@ def test_draws_stay_inside_the_filtered_set(top_k: int, top_p: float) -> None:
         assert allowed[np.arange(64), tokens].all()
         seen[np.arange(64), tokens] = True
     assert (seen == allowed).all()
+    # One stream at a time takes another path for top-p (see Chooser): the same set.
+    for row in range(0, 64, 8):
+        single = Chooser(SampleSettings(temperature=1.0, top_k=top_k, top_p=top_p), 20, 1, np.random.default_rng(row))
+        drawn = {int(single(logits[row : row + 1].copy())[0]) for _ in range(400)}
+        assert drawn == set(np.flatnonzero(allowed[row]).tolist())
 
 
 @pytest.mark.parametrize("top_k", [0, 3])
@@ -90,6 +95,23 @@ def test_draws_follow_the_softmax(top_k: int) -> None:
     kept = logits[0] if not top_k else np.where(np.arange(4) < top_k, logits[0], -np.inf)
     expected = np.exp(kept - kept.max()) / np.exp(kept - kept.max()).sum()
     np.testing.assert_allclose(frequencies, expected, atol=0.015)
+
+
+@pytest.mark.parametrize(
+    "logits, top_p, expected",
+    [
+        ([2.0, 1.0, 0.0, -1.0], 0.8, [0.731, 0.269, 0.0, 0.0]),  # the nucleus: the two most likely
+        ([2.0, 1.0, 0.0, -1.0], 0.95, [0.667, 0.245, 0.090, 0.0]),
+        ([200.0, 0.0, -5.0, 1.0], 0.9, [1.0, 0.0, 0.0, 0.0]),  # a gap that would overflow exp
+    ],
+)
+def test_one_stream_top_p_draws_follow_the_nucleus(logits: list[float], top_p: float, expected: list[float]) -> None:
+    """One stream draws from the whole softmax first and keeps the draw when it lies in the nucleus,
+    falling back to the sorted nucleus otherwise: together, exactly the nucleus's softmax."""
+    chooser = Chooser(SampleSettings(temperature=1.0, top_p=top_p), 4, 1, np.random.default_rng(2))
+    row = np.array([logits], np.float32)
+    draws = np.array([chooser(row)[0] for _ in range(20_000)])
+    np.testing.assert_allclose(np.bincount(draws, minlength=4) / 20_000, expected, atol=0.015)
 
 
 def test_same_seed_same_text_and_the_settings_hold() -> None:
