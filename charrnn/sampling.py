@@ -10,6 +10,7 @@ torch.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import sys
@@ -203,8 +204,13 @@ def sample_run(
     prime_text = _read_prime(prime, prime_file)
     generate: Callable[[str, SampleSettings, Callable[[int, str], None] | None], SampleResult]
     payload = None
-    numpy_fits = sample_settings.num_samples <= NUMPY_MAX_STREAMS
-    if device == "cpu" and numpy_fits and os.environ.get("CHARRNN_SAMPLER", "numpy") != "torch":
+    use_numpy = (
+        device == "cpu"
+        and sample_settings.num_samples <= NUMPY_MAX_STREAMS
+        and os.environ.get("CHARRNN_SAMPLER", "numpy") != "torch"
+        and importlib.util.find_spec("numpy") is not None  # a dependency, but torch alone also works
+    )
+    if use_numpy:
         payload = load_checkpoint(run, arrays=True)  # refuses a bad file without importing torch
         if payload["tokenizer"].get("kind") not in ("char", "byte"):
             payload = None  # subword models heal their primes: the torch sampler does that

@@ -202,3 +202,20 @@ def test_the_cli_sample_is_the_library_sample(char_run: Path) -> None:
     expected = sample_numpy(cfg, weights, tokenizer, "the ", settings).texts[0]
     done = charrnn("sample", str(char_run), "--prime", "the ", "--length", "60", "--seed", "11", "--temperature", "0.9")
     assert done.returncode == 0 and done.stdout == "the " + expected + "\n"
+
+
+def test_without_numpy_the_cli_samples_with_torch(
+    char_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """numpy is a dependency, but a torch installation without it must still sample."""
+    import importlib.util
+
+    from charrnn import cli, generate_numpy
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numpy" else find_spec(name, *a))
+    monkeypatch.setattr(generate_numpy, "sample_numpy", lambda *a, **k: pytest.fail("the numpy sampler ran"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["sample", str(char_run), "--prime", "the ", "--length", "30", "--seed", "1"])
+    assert exited.value.code == 0
+    assert len(capsys.readouterr().out) == len("the ") + 30 + 1
