@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -91,3 +92,42 @@ def charrnn(
         text=True,
         timeout=timeout,
     )
+
+
+# --- checkpoints built by hand, for the tests of reading them ---
+
+CHECKPOINT_TEXT = "It was the best of times, it was the worst of times.\n" * 4
+
+
+class RunsACommand:
+    """Unpickling this runs `touch MARKER`: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def checkpoint_payload(num_layers: int = 1) -> dict[str, Any]:
+    """The contents of a small, valid checkpoint (char model, untrained weights)."""
+    from charrnn.checkpoint import FORMAT, FORMAT_VERSION
+    from charrnn.config import ModelConfig, TrainConfig, asdict
+    from charrnn.model import RNNLanguageModel
+    from charrnn.tokenizers import CharVocabCounter
+
+    counter = CharVocabCounter()
+    counter.update(CHECKPOINT_TEXT)
+    tokenizer = counter.build()
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, num_layers=num_layers, hidden_size=32, embed_size=16)
+    torch.manual_seed(0)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": asdict(cfg),
+        "train_config": asdict(TrainConfig()),
+        "tokenizer": tokenizer.to_state(),
+        "model": RNNLanguageModel(cfg).state_dict(),
+        "corpus": {},
+        "metrics": {"step": 1, "val_loss": None, "best_val_loss": None},
+    }

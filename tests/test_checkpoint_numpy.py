@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import CHECKPOINT_TEXT, RunsACommand, checkpoint_payload
 
-from charrnn.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
+from charrnn.checkpoint import FORMAT, save_checkpoint
 from charrnn.checkpoint_numpy import RefusedGlobal, UnreadableCheckpoint, read_checkpoint_file
-from charrnn.config import ModelConfig, TrainConfig, asdict
+from charrnn.config import ModelConfig
 from charrnn.model import RNNLanguageModel
-from charrnn.tokenizers import CharVocabCounter
 
 ROOT = Path(__file__).resolve().parent.parent
-TEXT = "It was the best of times, it was the worst of times.\n" * 4
+TEXT = CHECKPOINT_TEXT
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -126,16 +126,6 @@ def _float_tensor(key: str, numel: int, offset: int, size: tuple[Any, ...], stri
     return _Tensor(storage, offset, size, stride, False, OrderedDict())
 
 
-class RunsACommand:
-    """Unpickling this runs `touch MARKER`: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.system, (f"touch {self.marker}",))
-
-
 class EvaluatesCode:
     """Unpickling this evaluates Python that touches MARKER."""
 
@@ -148,21 +138,15 @@ class EvaluatesCode:
 
 def _charrnn_payload() -> dict[str, Any]:
     """A small real checkpoint's contents, training state included (as in a run's last.pt)."""
-    counter = CharVocabCounter()
-    counter.update(TEXT)
-    tokenizer = counter.build()
-    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, num_layers=2, hidden_size=32, embed_size=16)
-    torch.manual_seed(0)
+    payload = checkpoint_payload(num_layers=2)
+    cfg = ModelConfig(**payload["model_config"])
     model = RNNLanguageModel(cfg)
+    model.load_state_dict(payload["model"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
     model(torch.zeros(2, 5, dtype=torch.long))[0].sum().backward()
     optimizer.step()
     return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": asdict(cfg),
-        "train_config": asdict(TrainConfig()),
-        "tokenizer": tokenizer.to_state(),
+        **payload,
         "model": model.state_dict(),
         "corpus": {"files": ["a.txt"], "chars": {"train": 100, "val": 10}},
         "metrics": {"step": 1, "val_loss": None, "best_val_loss": 2.5},

@@ -9,7 +9,6 @@ model of the claimed size) and for non-finite values.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,45 +16,16 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import charrnn
+from conftest import CHECKPOINT_TEXT, RunsACommand, charrnn, checkpoint_payload
 
 from charrnn import cli
-from charrnn.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
-from charrnn.config import ModelConfig, TrainConfig, asdict
-from charrnn.model import RNNLanguageModel
-from charrnn.tokenizers import CharVocabCounter
+from charrnn.checkpoint import FORMAT_VERSION, save_checkpoint
 
-TEXT = "It was the best of times, it was the worst of times.\n" * 4
-
-
-class RunsACommand:
-    """Unpickling this runs `touch MARKER`: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.system, (f"touch {self.marker}",))
+TEXT = CHECKPOINT_TEXT
 
 
 def _payload() -> dict[str, Any]:
-    """The contents of a small, valid checkpoint."""
-    counter = CharVocabCounter()
-    counter.update(TEXT)
-    tokenizer = counter.build()
-    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, num_layers=1, hidden_size=32, embed_size=16)
-    torch.manual_seed(0)
-    model = RNNLanguageModel(cfg)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": asdict(cfg),
-        "train_config": asdict(TrainConfig()),
-        "tokenizer": tokenizer.to_state(),
-        "model": model.state_dict(),
-        "corpus": {},
-        "metrics": {"step": 1, "val_loss": None, "best_val_loss": None},
-    }
+    return checkpoint_payload()
 
 
 def _with_weight(part: str, value: float) -> dict[str, Any]:
