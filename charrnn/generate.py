@@ -1,4 +1,4 @@
-"""Sampling text from a trained model: temperature, top-k, top-p, stop strings, many streams at once.
+"""The torch sampler: temperature, top-k, top-p, stop strings, many streams at once, any device.
 
 The prime runs through the fused RNN in one call; after that each new token is
 one `SingleStep`. All streams of a batch advance together; a stream that meets
@@ -6,26 +6,21 @@ a stop string or its length is finished, and sampling ends when all are.
 Output is decoded incrementally, so what is handed to `on_text` is always
 valid text, even for a byte-level model in the middle of a multi-byte character.
 
-Token healing: a subword prime may end inside what would have been one longer
-piece ("The wo" encodes as "The", " wo", where " world" is a piece). Conditioning
-on " wo" would steer the model off the segmentations it saw in training, so the
-trailing tokens that a longer piece could cover are taken off the prime, and the
-first tokens generated are constrained to write that text again (a piece that
-starts with it, or a shorter piece it starts with). The text handed out is only
-what comes after the prime, so prime + output reads exactly as before. Char and
-byte tokenizers have one segmentation of any text, so nothing changes for them.
+Token healing (`sampling.Healing`) and everything about text is shared with the
+numpy sampler in `sampling.py`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
 from charrnn.model import RNNLanguageModel, SingleStep
 from charrnn.sampling import (  # noqa: F401 (heal_prime and SampleSettings: part of this module's API)
     BLOCK_CPU,
+    Healing,
     SampleResult,
     SampleSettings,
     TextStream,
@@ -87,55 +82,6 @@ class _Chooser:
         return (choice if ids is None else ids.gather(1, choice)).squeeze(1)
 
 
-class _Healing:
-    """Constrains each stream's first tokens to write the healed text again.
-
-    Per stream: `rest`, the healed text not yet written, allows every piece that starts with it
-    or that it starts with; `forced`, the ids left to feed when no piece fits (possible only for
-    text that needs byte pieces), allows exactly the next of them.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, healed: str, batch: int) -> None:
-        self.tokenizer = tokenizer
-        self.texts = tokenizer.token_texts()
-        self.rest = [healed] * batch
-        self.forced: list[list[int]] = [[] for _ in range(batch)]
-        self._masks: dict[str, torch.Tensor] = {}
-
-    @property
-    def active(self) -> bool:
-        return any(self.rest) or any(self.forced)
-
-    def _mask_for(self, rest: str) -> torch.Tensor | None:
-        if rest not in self._masks:
-            allowed = [bool(t) and (t.startswith(rest) or rest.startswith(t)) for t in self.texts]
-            self._masks[rest] = torch.tensor(allowed)
-        mask = self._masks[rest]
-        return mask if bool(mask.any()) else None
-
-    def allowed(self) -> torch.Tensor:
-        """(B, V) bool: the ids each stream may generate next."""
-        rows = []
-        for i, rest in enumerate(self.rest):
-            mask = self._mask_for(rest) if rest else None
-            if rest and mask is None:
-                self.forced[i] = self.tokenizer.encode(rest).tolist()
-                self.rest[i] = ""
-            if self.forced[i]:
-                mask = torch.zeros(len(self.texts), dtype=torch.bool)
-                mask[self.forced[i][0]] = True
-            rows.append(mask if mask is not None else torch.ones(len(self.texts), dtype=torch.bool))
-        return torch.stack(rows)
-
-    def advance(self, tokens: Sequence[int]) -> None:
-        for i, token in enumerate(tokens):
-            if self.forced[i]:
-                self.forced[i].pop(0)
-            elif self.rest[i]:
-                text = self.texts[token] or ""
-                self.rest[i] = self.rest[i][len(text) :] if self.rest[i].startswith(text) else ""
-
-
 def _start_tokens(tokenizer: Tokenizer, prime: str) -> tuple[torch.Tensor, int, str]:
     ids, unknown, healed = start_ids(tokenizer, prime)
     return torch.tensor(ids, dtype=torch.long), unknown, healed
@@ -187,7 +133,7 @@ def _sample(
     step = SingleStep(model, banned=[] if tokenizer.unk_id is None else [tokenizer.unk_id])
     layers = step.begin(state)
     streams = [TextStream(tokenizer, settings.length, settings.stop, healed) for _ in range(batch)]
-    healing = _Healing(tokenizer, healed, batch)
+    healing = Healing(tokenizer, healed, batch)
     emit = on_text or (lambda i, t: None)
     generated = 0
     unfinished = sum(not s.done for s in streams)
@@ -218,7 +164,7 @@ def _sample(
                     unfinished -= deliver(tokens.t().tolist(), streams, emit)
                 continue
         if healing.active:
-            logits = logits.masked_fill(~healing.allowed().to(device), float("-inf"))
+            logits = logits.masked_fill(~torch.tensor(healing.allowed(), device=device), float("-inf"))
         gumbel = None
         if not greedy:
             if noise_used == len(noise):

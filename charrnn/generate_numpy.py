@@ -6,8 +6,8 @@ longer than the whole target of printing the first character within 1 s) and
 torch's per-call dispatch (several microseconds per operation, some twenty-five
 operations per character). A step of a 2 × 256 LSTM is three matrix-vector
 products of about 1 MB of weights, some 60 µs of work; everything else is small
-vector arithmetic. So char and byte models sample here, from the checkpoint's
-weights read as numpy arrays (`checkpoint_numpy.py`), in float32, like the torch
+vector arithmetic. So `charrnn sample` on the CPU runs here, from the checkpoint's
+weights read as numpy arrays (`checkpoint_numpy.py`), in float32 like the torch
 path:
 
 - The first layer's input projection of a one-hot input is a row of a
@@ -18,14 +18,14 @@ path:
   finished by one multiply-add over the gate vector. A GRU does the same with its
   reset and update gates, and keeps its hidden-side candidate projection apart
   (the reset gate multiplies it).
-- The temperature is folded into the head's weights, and tokens are drawn by the
-  Gumbel-max trick (argmax of logits plus Gumbel noise is an exact sample of the
-  softmax), with the noise for 32 steps drawn in one call. top-k keeps the k
-  largest logits; top-p sorts what is kept and drops the tail past probability p.
+- Tokens are drawn by the Gumbel-max trick (argmax of logits plus Gumbel noise is
+  an exact sample of the softmax), with the noise for 32 steps drawn in one call.
+  top-k keeps the k largest logits; for top-p see `Chooser`.
 
-Everything about text (stop strings, lengths, streaming, output) is shared with
-the torch path in `sampling.py`. Subword models, whose primes need token healing,
-and other devices sample in `generate.py`.
+Everything about text (stop strings, lengths, streaming, token healing, output)
+is shared with the torch path in `sampling.py`. Batches of more than 16 streams,
+where torch's threaded kernels are faster, and other devices sample in
+`generate.py`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from charrnn.config import ModelConfig
-from charrnn.sampling import BLOCK_CPU, SampleResult, SampleSettings, TextStream, deliver, start_ids
+from charrnn.sampling import BLOCK_CPU, Healing, SampleResult, SampleSettings, TextStream, deliver, start_ids
 from charrnn.tokenizers import Tokenizer
 
 F32 = np.float32
@@ -230,27 +230,33 @@ def sample_numpy(
     settings: SampleSettings,
     on_text: Callable[[int, str], None] | None = None,
 ) -> SampleResult:
-    """Generate `settings.num_samples` continuations of `prime` from a char or byte model's weights.
-    Same contract as `generate.sample`: `on_text(stream, text)` gets text as it is made."""
+    """Generate `settings.num_samples` continuations of `prime` from a model's weights (as
+    `checkpoint.arrays_from_checkpoint` gives them). Same contract as `generate.sample`, token
+    healing included: `on_text(stream, text)` gets text as it is made."""
     started = time.perf_counter()
-    ids, unknown, _ = start_ids(tokenizer, prime)  # char and byte models have nothing to heal
+    ids, unknown, healed = start_ids(tokenizer, prime)
     batch = settings.num_samples
     model = NumpyModel(cfg, weights, banned=[] if tokenizer.unk_id is None else [tokenizer.unk_id])
     scale = 1.0 / settings.temperature if settings.temperature > 0 else 1.0
     logits, state = model.prime(ids, batch, scale)
     rng = np.random.default_rng(settings.seed)
     choose = Chooser(settings, model.vocab, batch, rng)
-    streams = [TextStream(tokenizer, settings.length, settings.stop) for _ in range(batch)]
+    streams = [TextStream(tokenizer, settings.length, settings.stop, healed) for _ in range(batch)]
+    healing = Healing(tokenizer, healed, batch)
     emit = on_text or (lambda i, t: None)
     unfinished = sum(not s.done for s in streams)
     pending = np.empty((batch, BLOCK_CPU), dtype=np.int64)  # tokens reach Python in blocks of steps
     filled = generated = 0
     while unfinished:
+        if healing.active:
+            logits = np.where(np.array(healing.allowed(), dtype=bool), logits, F32(-np.inf))
         token = choose(logits)
+        if healing.active:
+            healing.advance(token.tolist())
         pending[:, filled] = token
         filled += 1
         generated += batch
-        if filled == BLOCK_CPU or filled >= settings.length:
+        if filled == BLOCK_CPU or healing.active or filled >= settings.length:
             unfinished -= deliver(pending[:, :filled].tolist(), streams, emit)
             filled = 0
         if unfinished:

@@ -1,11 +1,20 @@
 """The `sample` command, whatever does the arithmetic: settings, the text of each stream, output.
 
-Two samplers share this module. `generate_numpy.py` runs char and byte models on
-the CPU with numpy and never imports torch, so the first character appears in a
-fraction of a second; `generate.py` runs everything else (subword models, GPUs,
+Two samplers share this module. `generate_numpy.py` runs up to 16 streams on the
+CPU with numpy and never imports torch, so the first character appears in a
+fraction of a second; `generate.py` runs everything else (larger batches, GPUs,
 the Python API on a loaded `RNNLanguageModel`) with torch. Both hand token ids to
-`TextStream`s in blocks, and both report a `SampleResult`. Nothing here imports
-torch.
+`TextStream`s in blocks, heal subword primes with `Healing`, and report a
+`SampleResult`. Nothing here imports torch.
+
+Token healing: a subword prime may end inside what would have been one longer
+piece ("The wo" encodes as "The", " wo", where " world" is a piece). Conditioning
+on " wo" would steer the model off the segmentations it saw in training, so the
+trailing tokens that a longer piece could cover are taken off the prime, and the
+first tokens generated are constrained to write that text again (a piece that
+starts with it, or a shorter piece it starts with). The text handed out is only
+what comes after the prime, so prime + output reads exactly as before. Char and
+byte tokenizers have one segmentation of any text, so nothing changes for them.
 """
 
 from __future__ import annotations
@@ -161,6 +170,55 @@ def start_ids(tokenizer: Tokenizer, prime: str) -> tuple[list[int], int, str]:
     return ids, unknown, healed
 
 
+class Healing:
+    """Constrains each stream's first tokens to write the healed text again (see `heal_prime`).
+
+    Per stream: `rest`, the healed text not yet written, allows every piece that starts with it
+    or that it starts with; `forced`, the ids left to feed when no piece fits (possible only for
+    text that needs byte pieces), allows exactly the next of them.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, healed: str, batch: int) -> None:
+        self.tokenizer = tokenizer
+        self.texts = tokenizer.token_texts()
+        self.rest = [healed] * batch
+        self.forced: list[list[int]] = [[] for _ in range(batch)]
+        self._masks: dict[str, list[bool] | None] = {}
+
+    @property
+    def active(self) -> bool:
+        return any(self.rest) or any(self.forced)
+
+    def _mask_for(self, rest: str) -> list[bool] | None:
+        if rest not in self._masks:
+            allowed = [bool(t) and (t.startswith(rest) or rest.startswith(t)) for t in self.texts]
+            self._masks[rest] = allowed if any(allowed) else None
+        return self._masks[rest]
+
+    def allowed(self) -> list[list[bool]]:
+        """Per stream, one flag per id: whether the stream may generate it next."""
+        vocab = len(self.texts)
+        rows = []
+        for i, rest in enumerate(self.rest):
+            mask = self._mask_for(rest) if rest else None
+            if rest and mask is None:
+                self.forced[i] = self.tokenizer.encode_list(rest)
+                self.rest[i] = ""
+            if self.forced[i]:
+                mask = [False] * vocab
+                mask[self.forced[i][0]] = True
+            rows.append(mask if mask is not None else [True] * vocab)
+        return rows
+
+    def advance(self, tokens: Sequence[int]) -> None:
+        for i, token in enumerate(tokens):
+            if self.forced[i]:
+                self.forced[i].pop(0)
+            elif self.rest[i]:
+                text = self.texts[token] or ""
+                self.rest[i] = self.rest[i][len(text) :] if self.rest[i].startswith(text) else ""
+
+
 def _read_prime(prime: str, prime_file: Path | None) -> str:
     if prime_file is None:
         return prime
@@ -193,9 +251,9 @@ def sample_run(
 ) -> SampleResult:
     """The `sample` command: load a checkpoint, generate, stream to stdout or write `output`.
 
-    On the CPU a char or byte model samples up to `NUMPY_MAX_STREAMS` streams with numpy, read
-    without importing torch; anything else (a subword model, more streams, another device) loads
-    into torch. `CHARRNN_SAMPLER=torch` forces torch."""
+    On the CPU, up to `NUMPY_MAX_STREAMS` streams sample with numpy, from the checkpoint read
+    without importing torch; more streams and other devices load it into torch.
+    `CHARRNN_SAMPLER=torch` forces torch."""
     from charrnn.checkpoint import atomic_write, load_checkpoint
 
     sample_settings = SampleSettings(**settings)
@@ -203,7 +261,6 @@ def sample_run(
         _check_output(output)
     prime_text = _read_prime(prime, prime_file)
     generate: Callable[[str, SampleSettings, Callable[[int, str], None] | None], SampleResult]
-    payload = None
     use_numpy = (
         device == "cpu"
         and sample_settings.num_samples <= NUMPY_MAX_STREAMS
@@ -211,14 +268,11 @@ def sample_run(
         and importlib.util.find_spec("numpy") is not None  # a dependency, but torch alone also works
     )
     if use_numpy:
-        payload = load_checkpoint(run, arrays=True)  # refuses a bad file without importing torch
-        if payload["tokenizer"].get("kind") not in ("char", "byte"):
-            payload = None  # subword models heal their primes: the torch sampler does that
-    if payload is not None:
         from charrnn.checkpoint import arrays_from_checkpoint
         from charrnn.generate_numpy import sample_numpy
 
-        cfg, tokenizer, weights = arrays_from_checkpoint(payload)
+        # Read, checked and refused, if need be, without importing torch.
+        cfg, tokenizer, weights = arrays_from_checkpoint(load_checkpoint(run, arrays=True))
 
         def generate(text: str, chosen: SampleSettings, on_text: Callable[[int, str], None] | None) -> SampleResult:
             return sample_numpy(cfg, weights, tokenizer, text, chosen, on_text)

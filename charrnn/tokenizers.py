@@ -317,20 +317,26 @@ class SentencePieceTokenizer(Tokenizer):
             return None
         return piece.replace(_SP_SPACE, " ").encode("utf-8")
 
-    def encode(self, text: str) -> torch.Tensor:
-        import torch
-
-        text = _without_surrogates(text)
-        parts = [torch.empty(0, dtype=torch.int64)]
-        for chunk in _chunks_at_newlines(text, _SP_ENCODE_CHUNK):
+    def _encode_chunks(self, text: str) -> Iterator[list[int]]:
+        """The ids of `text`, a list per piece of about `_SP_ENCODE_CHUNK` characters."""
+        for chunk in _chunks_at_newlines(_without_surrogates(text), _SP_ENCODE_CHUNK):
             pieces = _SP_SPECIAL.split(chunk)  # [segment, cut char, segment, ...]
             encoded = self._sp.encode(pieces[0::2], out_type=int)  # batched, multithreaded
             ids: list[int] = list(encoded[0])
             for cut, segment_ids in zip(pieces[1::2], encoded[1:]):
                 ids += self._special_ids[cut]
                 ids += segment_ids
-            parts.append(torch.tensor(ids, dtype=torch.int64))
+            yield ids
+
+    def encode(self, text: str) -> torch.Tensor:
+        import torch
+
+        parts = [torch.empty(0, dtype=torch.int64)]
+        parts += [torch.tensor(ids, dtype=torch.int64) for ids in self._encode_chunks(text)]
         return torch.cat(parts)
+
+    def encode_list(self, text: str) -> list[int]:
+        return [i for ids in self._encode_chunks(text) for i in ids]
 
     def to_state(self) -> dict:
         import torch
@@ -445,9 +451,7 @@ def tokenizer_from_state(state: dict) -> Tokenizer:
         if not isinstance(chars, str):
             raise CharrnnError("char tokenizer state needs 'chars', a string")
         return CharTokenizer(chars)
-    import torch
-
-    model = state.get("model")
-    if not isinstance(model, torch.Tensor) or model.dtype != torch.uint8 or model.dim() != 1:
-        raise CharrnnError(f"{kind} tokenizer state needs 'model', a 1-D torch.uint8 tensor")
+    model = state.get("model")  # a torch tensor, or a numpy array when read without torch
+    if str(getattr(model, "dtype", None)) not in ("torch.uint8", "uint8") or getattr(model, "ndim", None) != 1:
+        raise CharrnnError(f"{kind} tokenizer state needs 'model', a 1-D uint8 tensor")
     return SentencePieceTokenizer(kind, bytes(model.tolist()))

@@ -6,15 +6,17 @@ commands run in-process through `charrnn.cli.main`, which spares a Python start 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -26,9 +28,10 @@ from charrnn.config import ModelConfig
 from charrnn.corpus import find_corpus
 from charrnn.data import prepare_dataset
 from charrnn.evaluate import evaluate
-from charrnn.generate import SampleSettings, _Healing, heal_prime, sample
+from charrnn.generate import SampleSettings, heal_prime, sample
 from charrnn.generate_numpy import sample_numpy
 from charrnn.model import RNNLanguageModel
+from charrnn.sampling import Healing
 from charrnn.tokenizers import Tokenizer, train_tokenizer
 
 MULTILINGUAL = (
@@ -134,13 +137,9 @@ def test_samples_exactly_the_prime_and_then_its_continuation(
 ) -> None:
     out = run_cli(capsys, "sample", str(trained.runs[kind]), "--prime", PRIME, "--length", "40", "--seed", "7")
     model, tokenizer = loaded(trained.runs[kind])
-    settings = SampleSettings(length=40, seed=7)
-    if kind in ("char", "byte"):  # `charrnn sample` on the CPU runs these with numpy
-        cfg, _, weights = arrays_from_checkpoint(load_checkpoint(trained.runs[kind], arrays=True))
-        continuation = sample_numpy(cfg, weights, tokenizer, PRIME, settings).texts[0]
-    else:
-        continuation = sample(model, tokenizer, PRIME, settings).texts[0]
-    assert out == PRIME + continuation + "\n"
+    cfg, _, weights = arrays_from_checkpoint(load_checkpoint(trained.runs[kind], arrays=True))
+    continuation = sample_numpy(cfg, weights, tokenizer, PRIME, SampleSettings(length=40, seed=7)).texts[0]
+    assert out == PRIME + continuation + "\n"  # `charrnn sample` on the CPU is the numpy sampler
     assert len(continuation) == 40
     if kind in ("bpe", "unigram"):  # the healed path: the prime's last piece was taken off and written again
         assert heal_prime(tokenizer, tokenizer.encode(PRIME))[1] != ""
@@ -287,7 +286,16 @@ def constant_model(tokenizer: Tokenizer, bias: dict[int, float]) -> RNNLanguageM
     return model
 
 
-def test_healed_prime_continues_with_a_piece_that_completes_it(bpe: Tokenizer) -> None:
+def _sampler(name: str, model: RNNLanguageModel, tokenizer: Tokenizer) -> Callable[[str, SampleSettings], Any]:
+    """`generate(prime, settings)` with the torch sampler or the numpy one, on the same model."""
+    if name == "torch":
+        return functools.partial(sample, model, tokenizer)
+    arrays = {key: value.detach().numpy() for key, value in model.state_dict().items()}
+    return functools.partial(sample_numpy, model.cfg, arrays, tokenizer)
+
+
+@pytest.mark.parametrize("sampler", ["numpy", "torch"])
+def test_healed_prime_continues_with_a_piece_that_completes_it(bpe: Tokenizer, sampler: str) -> None:
     texts = bpe.token_texts()
     _, healed = heal_prime(bpe, bpe.encode(PRIME))
     whole = max(
@@ -295,19 +303,19 @@ def test_healed_prime_continues_with_a_piece_that_completes_it(bpe: Tokenizer) -
     )
     newline = texts.index("\n")
     # The model prefers a newline above all, and the completing piece next: healing must pick the piece.
-    model = constant_model(bpe, {newline: 10.0, whole: 5.0})
+    generate = _sampler(sampler, constant_model(bpe, {newline: 10.0, whole: 5.0}), bpe)
     length = len(texts[whole]) - len(healed) + 2
-    result = sample(model, bpe, PRIME, SampleSettings(length=length, temperature=0))
+    result = generate(PRIME, SampleSettings(length=length, temperature=0))
     assert PRIME + result.texts[0] == PRIME[: -len(healed)] + texts[whole] + "\n\n"
     # The same model on a prime that ends at a newline has nothing to heal: it writes newlines.
-    assert sample(model, bpe, "And\n", SampleSettings(length=3, temperature=0)).texts == ["\n\n\n"]
+    assert generate("And\n", SampleSettings(length=3, temperature=0)).texts == ["\n\n\n"]
 
 
 def test_healing_feeds_the_text_itself_when_no_piece_fits(bpe: Tokenizer) -> None:
-    healing = _Healing(bpe, "中", 2)  # never seen: only byte pieces write it
+    healing = Healing(bpe, "中", 2)  # never seen: only byte pieces write it
     forced = bpe.encode("中").tolist()
     for token in forced:
-        allowed = healing.allowed()
+        allowed = torch.tensor(healing.allowed())
         assert allowed.sum(dim=1).tolist() == [1, 1] and bool(allowed[:, token].all())
         healing.advance([token, token])
     assert not healing.active
@@ -316,18 +324,25 @@ def test_healing_feeds_the_text_itself_when_no_piece_fits(bpe: Tokenizer) -> Non
 # --- stop strings --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("sampler", ["numpy", "torch"])
 def test_stop_string_across_token_boundaries_stops_a_bpe_sample(
-    trained: Trained, capsys: pytest.CaptureFixture[str]
+    trained: Trained, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, sampler: str
 ) -> None:
     model, tokenizer = loaded(trained.runs["bpe"])
+    if sampler == "torch":
+        monkeypatch.setenv("CHARRNN_SAMPLER", "torch")  # the CLI below uses the same sampler
+        generate = functools.partial(sample, model, tokenizer)
+    else:
+        cfg, _, weights = arrays_from_checkpoint(load_checkpoint(trained.runs["bpe"], arrays=True))
+        generate = functools.partial(sample_numpy, cfg, weights, tokenizer)
     settings = SampleSettings(length=300, temperature=1.0, seed=3)
-    full = sample(model, tokenizer, "And", settings).texts[0]
+    full = generate("And", settings).texts[0]
     pieces = [tokenizer.decode([i]) for i in tokenizer.encode(full).tolist()]  # the text's own segmentation
     k = next(k for k in range(5, len(pieces) - 2) if len(pieces[k]) >= 2 and len(pieces[k + 1]) >= 2)
     stop = pieces[k][-2:] + pieces[k + 1] + pieces[k + 2][:1]  # spans three tokens
     expected = full[: full.index(stop)]
     stopped = SampleSettings(length=300, temperature=1.0, seed=3, stop=(stop,))
-    assert sample(model, tokenizer, "And", stopped).texts == [expected]
+    assert generate("And", stopped).texts == [expected]
     args = ["--prime", "And", "--length", "300", "--seed", "3", "--temperature", "1"]
     assert run_cli(capsys, "sample", str(trained.runs["bpe"]), *args) == "And" + full + "\n"
     assert run_cli(capsys, "sample", str(trained.runs["bpe"]), *args, "--stop", stop) == "And" + expected + "\n"
