@@ -89,6 +89,9 @@ def train(
     tie: Annotated[
         Optional[bool], typer.Option("--tie/--no-tie", help="Tie input and output embeddings [preset].")
     ] = None,
+    weight_drop: Annotated[
+        Optional[float], typer.Option(help="DropConnect on hidden-to-hidden weights, AWD-LSTM style [preset].")
+    ] = None,
     batch_size: Annotated[
         Optional[int], typer.Option(help="Parallel streams per step, per process under torchrun [preset].")
     ] = None,
@@ -164,6 +167,7 @@ def train(
             dropout_hidden=dropout_hidden,
             dropout_output=dropout_output,
             tie_weights=tie,
+            weight_drop=weight_drop,
         )
         given_train = dict(
             batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay, warmup_steps=warmup

@@ -49,6 +49,7 @@ class ModelConfig:
     dropout_hidden: float = 0.1  # between stacked RNN layers
     dropout_output: float = 0.1  # on the last RNN layer's output, before the head
     tie_weights: bool = False  # share embedding and output weights (adds a projection if sizes differ)
+    weight_drop: float = 0.0  # DropConnect on each layer's hidden-to-hidden weights, one mask per step
 
     def __post_init__(self) -> None:
         _check(self.cell in CELLS, f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
@@ -56,7 +57,7 @@ class ModelConfig:
         _check(1 <= self.num_layers <= MAX_LAYERS, f"--layers must be in 1..{MAX_LAYERS}, got {self.num_layers}")
         _check(1 <= self.hidden_size <= MAX_WIDTH, f"--hidden must be in 1..{MAX_WIDTH}, got {self.hidden_size}")
         _check(1 <= self.embed_size <= MAX_WIDTH, f"--embed must be in 1..{MAX_WIDTH}, got {self.embed_size}")
-        for name in ("dropout_embed", "dropout_hidden", "dropout_output"):
+        for name in ("dropout_embed", "dropout_hidden", "dropout_output", "weight_drop"):
             _check_fraction(f"--{name.replace('_', '-')}", getattr(self, name))
 
 
@@ -146,6 +147,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             dropout_hidden=0.1,
             dropout_output=0.1,
             tie_weights=False,
+            weight_drop=0.0,
         ),
         "train": dict(batch_size=32, seq_len=128, lr=1e-2, warmup_steps=50, weight_decay=0.01),
     },
@@ -159,6 +161,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             dropout_hidden=0.35,
             dropout_output=0.35,
             tie_weights=False,
+            weight_drop=0.0,
         ),
         "train": dict(batch_size=64, seq_len=128, lr=3e-3, warmup_steps=100, weight_decay=0.1),
     },

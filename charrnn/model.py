@@ -6,7 +6,10 @@ layer with the dropout between layers applied here: the fused modules' own
 inter-layer dropout takes oneDNN off its fast path on the CPU. Dropout is
 "locked" (variational): one mask per sequence window, the same units dropped at
 every time step, which regularizes recurrent models better than a new mask per
-step. Generation, which
+step. `weight_drop` (AWD-LSTM's DropConnect) drops entries of each layer's
+hidden-to-hidden matrix, one mask per training step shared by every time step and
+stream, by running the fused module on the masked matrix (`functional_call`), so
+the fused kernel stays. Generation, which
 advances one token at a time, uses `SingleStep` instead: the same weights
 rearranged so that one step is a handful of matrix-vector products, with the
 first layer's input projection precomputed as a table lookup.
@@ -14,6 +17,7 @@ first layer's input projection precomputed as a table lookup.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -109,7 +113,7 @@ class RNNLanguageModel(nn.Module):
         for layer, rnn in enumerate(self.rnns):
             if layer:
                 out = self.drop_hidden(out)
-            out, layer_state = rnn(out, _layer_state(state, layer))  # (T, B, H)
+            out, layer_state = self._run_layer(rnn, out, _layer_state(state, layer))  # (T, B, H)
             layer_states.append(layer_state)
         if self.cfg.cell == "lstm":
             state = (torch.cat([s[0] for s in layer_states]), torch.cat([s[1] for s in layer_states]))
@@ -123,6 +127,16 @@ class RNNLanguageModel(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return logits, loss, state
+
+    def _run_layer(self, rnn: nn.Module, x: Tensor, state: State | None) -> tuple[Tensor, State]:
+        p = self.cfg.weight_drop
+        if not self.training or p == 0:
+            return rnn(x, state)
+        # Inverted dropout on the weights: the expected matrix is the trained one, used as is in eval.
+        params = {**dict(rnn.named_parameters()), "weight_hh_l0": F.dropout(rnn.weight_hh_l0, p)}
+        with warnings.catch_warnings():  # cuDNN notes the masked matrix is outside its flat weight buffer
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+            return torch.func.functional_call(rnn, params, (x, state))
 
 
 def detach_state(state: State) -> State:

@@ -151,6 +151,7 @@ CASES: dict[str, Case] = {
     "lr zero": Case(_train("--lr", "0"), "--lr must be in (0, 10]"),
     "lr nan": Case(_train("--lr", "nan"), "--lr must be in (0, 10]"),
     "dropout 1": Case(_train("--dropout", "1"), "--dropout-hidden must be in [0, 1)"),
+    "weight drop 1": Case(_train("--weight-drop", "1"), "--weight-drop must be in [0, 1)"),
     "val frac 1.5": Case(_train("--val-frac", "1.5"), "--val-frac must be in [0, 1)"),
     "val and test leave nothing": Case(_train("--val-frac", "0.6", "--test-frac", "0.5"), "leave some text"),
     "max time abc": Case(_train("--max-time", "abc"), "cannot read duration 'abc'"),

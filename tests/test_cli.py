@@ -110,7 +110,7 @@ def test_resume_extends_the_budget(tmp_path: Path, corpus_file: Path) -> None:
     assert steps == sorted(steps) and steps[-1] == 20
 
 
-def test_separate_validation_file_and_gru(tmp_path: Path, corpus_file: Path, real_text: str) -> None:
+def test_separate_validation_file_and_gru_with_weight_drop(tmp_path: Path, corpus_file: Path, real_text: str) -> None:
     val = tmp_path / "val.txt"
     val.write_text(real_text[:3000])
     result = charrnn(
@@ -122,11 +122,14 @@ def test_separate_validation_file_and_gru(tmp_path: Path, corpus_file: Path, rea
         str(val),
         "--cell",
         "gru",
+        "--weight-drop",
+        "0.25",
         "--max-steps",
         "10",
         *TINY,
     )
     assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["model"]["weight_drop"] == 0.25
     rows = json.loads(charrnn("eval", str(tmp_path / "r"), "--json", "--no-baselines").stdout)
     assert rows["val"]["chars"] == 2999
 

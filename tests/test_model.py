@@ -86,3 +86,25 @@ def test_checkpoint_shape_check_predicts_the_state_dict(cell: str, tie: bool, em
     cfg = ModelConfig(vocab_size=11, cell=cell, num_layers=3, hidden_size=32, embed_size=embed, tie_weights=tie)
     actual = {key: tuple(value.shape) for key, value in RNNLanguageModel(cfg).state_dict().items()}
     assert weight_shapes(cfg) == actual
+
+
+def test_weight_drop_masks_the_hidden_to_hidden_weights_in_training_only() -> None:
+    """DropConnect: in training, a fraction p of each layer's hidden-to-hidden entries is dropped (their
+    gradient is exactly zero), one mask per step; in evaluation the model is the undropped one."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=20, num_layers=2, hidden_size=32, embed_size=8, dropout_hidden=0, dropout_output=0)
+    plain = RNNLanguageModel(cfg)
+    dropped = RNNLanguageModel(ModelConfig(**{**cfg.__dict__, "weight_drop": 0.4}))
+    dropped.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 20, (12, 3))
+    dropped.eval()
+    torch.testing.assert_close(dropped(idx)[0], plain.eval()(idx)[0], rtol=0, atol=0)
+    dropped.train()
+    _, loss, _ = dropped(idx, targets=idx)
+    loss.backward()
+    for rnn in dropped.rnns:
+        zero = (rnn.weight_hh_l0.grad == 0).float().mean().item()
+        assert 0.3 < zero < 0.5  # ~p of the entries carried no gradient: they were dropped
+        assert (rnn.weight_ih_l0.grad != 0).float().mean().item() > 0.9  # the input weights are not dropped
+    assert not torch.equal(dropped(idx)[0], dropped(idx)[0])  # a new mask each step
+    assert list(dropped.state_dict()) == list(plain.state_dict())  # checkpoints look the same
