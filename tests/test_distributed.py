@@ -193,6 +193,18 @@ def test_nproc_hands_the_same_command_to_torchrun() -> None:
     ]
 
 
+def test_weight_drop_trains_data_parallel(text_file: Path, tmp_path: Path) -> None:
+    """Each rank draws its own weight-drop masks; the gradients still reach the real weights and
+    are averaged, so the job trains and its checkpoint is an ordinary one."""
+    run = tmp_path / "wd"
+    args = [*SETTINGS[: SETTINGS.index("--max-steps")], "--max-steps", "10", "--weight-drop", "0.3", "--quiet"]
+    done = torchrun("train", str(text_file), "--run", str(run), "--batch-size", "4", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = load_checkpoint(run / "last.pt")
+    assert payload["model_config"]["weight_drop"] == 0.3 and payload["metrics"]["step"] == 10
+    model_from_checkpoint(payload)
+
+
 def _workers(launcher: int) -> dict[int, int]:
     """{rank: pid} of the processes torchrun (pid `launcher`) started, read from /proc."""
     found = {}
