@@ -55,7 +55,7 @@ class NumpyModel:
         # After the tanh: gates * post_mul + post_add turns the sigmoid blocks into sigmoids.
         self.post_mul = np.where(pre == 0.5, F32(0.5), F32(1.0)).astype(F32)
         self.post_add = np.where(pre == 0.5, F32(0.5), F32(0.0)).astype(F32)
-        self.w_x: list[np.ndarray] = []  # (in, G*H) input-side weights of layers 1..; [0] unused
+        self.w_x: list[np.ndarray] = []  # (in, G*H) input-side weights; [0] only builds the table below
         self.b: list[np.ndarray] = []  # (G*H,) input-side bias (plus hidden bias where it can be summed)
         self.w_h: list[np.ndarray] = []  # (H, G*H), or for a GRU (H, 3H) with the candidate block apart
         self.b_hn: list[np.ndarray] = []  # GRU only: the hidden-side candidate bias, inside the reset gate
