@@ -266,7 +266,7 @@ class _Reader:
             out = out.astype(np.bool_)
         elif conversion == "bfloat16":
             widened = out.astype(np.uint32)
-            np.left_shift(widened, 16, out=widened)
+            np.left_shift(widened, np.uint32(16), out=widened)  # a uint32 shift: numpy 1.x would widen a Python int
             out = widened.view(np.float32)
         if metadata.get("neg"):
             np.negative(out, out=out)
