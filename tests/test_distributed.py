@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -266,7 +267,9 @@ def test_a_restarted_job_continues_from_its_last_checkpoint_exactly(
         launcher=("--max-restarts", "1"), env=hook,
     )  # fmt: skip
     assert job.returncode == 0, job.stderr[-3000:]
-    assert "exitcode: -9" in job.stderr, "the first attempt was not killed"
+    # torchrun reports the first failure it notices: rank 1's SIGKILL (-9), or rank 0 ending on the
+    # lost connection (its error, or gloo aborting it) if that is seen first. Either way, a restart.
+    assert re.search(r"exitcode: -?[1-9]", job.stderr), "the first attempt did not fail"
     straight = runs["two"]
     for name, expected in _weights(straight).items():
         assert torch.equal(_weights(run)[name], expected), name
