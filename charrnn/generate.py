@@ -164,7 +164,8 @@ def _sample(
                     unfinished -= deliver(tokens.t().tolist(), streams, emit)
                 continue
         if healing.active:
-            logits = logits.masked_fill(~torch.tensor(healing.allowed(), device=device), float("-inf"))
+            allowed = torch.frombuffer(bytearray(healing.allowed()), dtype=torch.bool).view(batch, -1)
+            logits = logits.masked_fill(~allowed.to(device), float("-inf"))
         gumbel = None
         if not greedy:
             if noise_used == len(noise):

@@ -249,7 +249,8 @@ def sample_numpy(
     filled = generated = 0
     while unfinished:
         if healing.active:
-            logits = np.where(np.array(healing.allowed(), dtype=bool), logits, F32(-np.inf))
+            allowed = np.frombuffer(healing.allowed(), dtype=np.bool_).reshape(batch, -1)
+            logits = np.where(allowed, logits, F32(-np.inf))
         token = choose(logits)
         if healing.active:
             healing.advance(token.tolist())

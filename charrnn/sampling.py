@@ -183,20 +183,21 @@ class Healing:
         self.texts = tokenizer.token_texts()
         self.rest = [healed] * batch
         self.forced: list[list[int]] = [[] for _ in range(batch)]
-        self._masks: dict[str, list[bool] | None] = {}
+        self._masks: dict[str, bytes | None] = {}
 
     @property
     def active(self) -> bool:
         return any(self.rest) or any(self.forced)
 
-    def _mask_for(self, rest: str) -> list[bool] | None:
+    def _mask_for(self, rest: str) -> bytes | None:
         if rest not in self._masks:
-            allowed = [bool(t) and (t.startswith(rest) or rest.startswith(t)) for t in self.texts]
+            allowed = bytes(bool(t) and (t.startswith(rest) or rest.startswith(t)) for t in self.texts)
             self._masks[rest] = allowed if any(allowed) else None
         return self._masks[rest]
 
-    def allowed(self) -> list[list[bool]]:
-        """Per stream, one flag per id: whether the stream may generate it next."""
+    def allowed(self) -> bytes:
+        """B rows of one byte per id, 1 where the stream may generate that id next: as bytes, each
+        sampler views them as a (B, V) bool array without a per-element conversion."""
         vocab = len(self.texts)
         rows = []
         for i, rest in enumerate(self.rest):
@@ -205,10 +206,11 @@ class Healing:
                 self.forced[i] = self.tokenizer.encode_list(rest)
                 self.rest[i] = ""
             if self.forced[i]:
-                mask = [False] * vocab
-                mask[self.forced[i][0]] = True
-            rows.append(mask if mask is not None else [True] * vocab)
-        return rows
+                only = bytearray(vocab)
+                only[self.forced[i][0]] = 1
+                mask = bytes(only)
+            rows.append(mask if mask is not None else b"\x01" * vocab)
+        return b"".join(rows)
 
     def advance(self, tokens: Sequence[int]) -> None:
         for i, token in enumerate(tokens):
