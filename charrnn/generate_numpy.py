@@ -40,6 +40,7 @@ from charrnn.sampling import BLOCK_CPU, Healing, SampleResult, SampleSettings, T
 from charrnn.tokenizers import Tokenizer
 
 F32 = np.float32
+PRIME_CHUNK = 4096  # prime tokens whose projections are held at once
 
 
 class NumpyModel:
@@ -139,25 +140,24 @@ class NumpyModel:
         return self._head(x, scale), new
 
     def prime(self, ids: Sequence[int], batch: int, scale: float = 1.0) -> tuple[np.ndarray, list]:
-        """Run one stream through `ids` from the zero state, layer by layer (each layer's input
-        projection for the whole prime is one product); the last logits (B, V) and the state,
-        repeated for `batch` streams."""
+        """Run one stream through `ids` from the zero state; the last logits (B, V) and the state,
+        repeated for `batch` streams. Layer by layer within chunks of `PRIME_CHUNK` tokens (each
+        layer's input projection for a chunk is one product), so a prime file of any length needs
+        memory for one chunk only."""
         state = self.zero_state(1)
-        out = self.table[np.asarray(ids, dtype=np.int64)]  # (T, G*H)
-        new = []
-        for i in range(self.layers):
-            gx = out if i == 0 else out @ self.w_x[i] + self.b[i]
-            layer = state[i]
-            outputs = np.empty((len(ids), self.hidden), F32)
-            for t in range(len(ids)):
-                layer = self._cell(i, gx[t : t + 1], layer)
-                outputs[t] = layer[0] if self.cell == "lstm" else layer
-            new.append(layer)
-            out = outputs
+        ids = np.asarray(ids, dtype=np.int64)
+        for start in range(0, len(ids), PRIME_CHUNK):
+            out = self.table[ids[start : start + PRIME_CHUNK]]  # (T, G*H)
+            for i in range(self.layers):
+                gx = out if i == 0 else out @ self.w_x[i] + self.b[i]
+                out = np.empty((len(gx), self.hidden), F32)
+                for t in range(len(gx)):
+                    state[i] = self._cell(i, gx[t : t + 1], state[i])
+                    out[t] = state[i][0] if self.cell == "lstm" else state[i]
         logits = np.repeat(self._head(out[-1:], scale), batch, axis=0)
         if self.cell == "lstm":
-            return logits, [(np.repeat(h, batch, axis=0), np.repeat(c, batch, axis=0)) for h, c in new]
-        return logits, [np.repeat(h, batch, axis=0) for h in new]
+            return logits, [(np.repeat(h, batch, axis=0), np.repeat(c, batch, axis=0)) for h, c in state]
+        return logits, [np.repeat(h, batch, axis=0) for h in state]
 
 
 class Chooser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,22 @@ def test_priming_and_stepping_match_the_torch_model(cell: str, tie: bool) -> Non
         got, numpy_state = numpy_model.step(tokens.numpy(), numpy_state, scale=1.25)
         np.testing.assert_allclose(got[:, 1:], expected[:, 1:].numpy(), atol=1e-5)
         tokens = expected.argmax(dim=1)
+
+
+def test_a_prime_longer_than_a_chunk_primes_as_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long prime runs in chunks (bounded memory); the state carries across them exactly."""
+    import charrnn.generate_numpy as generate_numpy
+
+    model = _model("lstm", layers=2)
+    numpy_model = NumpyModel(model.cfg, _arrays(model))
+    ids = torch.randint(1, 20, (50,), generator=torch.Generator().manual_seed(2)).tolist()
+    whole, whole_state = numpy_model.prime(ids, batch=1)
+    monkeypatch.setattr(generate_numpy, "PRIME_CHUNK", 7)
+    chunked, chunked_state = numpy_model.prime(ids, batch=1)
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
+    for (h, c), (h2, c2) in zip(chunked_state, whole_state):
+        np.testing.assert_allclose(h, h2, atol=1e-6)
+        np.testing.assert_allclose(c, c2, atol=1e-6)
 
 
 def test_greedy_text_is_the_torch_samplers_text() -> None:
@@ -173,8 +190,6 @@ def _sample_in_fresh_python(run: Path, *args: str, env: dict[str, str] | None = 
         "sys.stdout.flush()\n"
         "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules}), file=sys.stderr)\n"
     )
-    import os
-
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120
     )
