@@ -198,6 +198,8 @@ class Chooser:
         if self.width < logits.shape[1]:
             ids = np.argpartition(logits, -self.width, axis=1)[:, -self.width :]
             logits = logits[rows, ids]
+        # Draw first, sort only if needed: a bet that pays when most draws land in the nucleus,
+        # which holds at least p of the probability; below p = 0.5 it is a sort most of the time.
         if self.top_p < 1.0 and self.batch == 1 and self.top_p >= 0.5:
             choice = (logits + self._gumbel()).argmax(axis=1)
             row = logits[0]

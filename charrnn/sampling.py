@@ -35,9 +35,8 @@ from charrnn.tokenizers import Tokenizer
 MAX_LENGTH = 100_000_000
 MAX_SAMPLES = 65_536
 BLOCK_CPU = 32  # steps whose tokens reach Python together on the CPU (256 on a GPU)
-# Up to this many streams, the numpy sampler is the faster one on the CPU; beyond, torch's threaded
-# kernels win (scripts/bench_cpu.py measures both: 16 streams 34,000 against 28,000 chars/s in
-# total, 64 streams 41,000 against 50,000).
+# Up to this many streams the numpy sampler is the faster one on the CPU; by 64, torch's threaded
+# kernels win (`python scripts/bench_cpu.py --only sample` times both at 1, 16, 64 and 256 streams).
 NUMPY_MAX_STREAMS = 16
 
 

@@ -156,9 +156,40 @@ def bare_sampling_rate(model: RNNLanguageModel, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def per_call_costs(hidden: int, calls: int = 20_000) -> dict[str, dict[str, float]]:
+    """Microseconds per call at batch 1, numpy against torch (one thread): a gate-sized elementwise
+    product of two slices, and one layer's hidden-to-hidden matrix-vector product."""
+
+    def timed(call) -> float:
+        call()
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        return (time.perf_counter() - start) / calls * 1e6
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    gates, h, w = torch.randn(1, 4 * hidden), torch.randn(1, hidden), torch.randn(hidden, 4 * hidden)
+    g, hn, wn = gates.numpy(), h.numpy(), w.numpy()
+    with torch.inference_mode():
+        costs = {
+            "elementwise product of two gate slices": {
+                "numpy": timed(lambda: g[:, :hidden] * g[:, hidden : 2 * hidden]),
+                "torch": timed(lambda: gates[:, :hidden] * gates[:, hidden : 2 * hidden]),
+            },
+            f"{hidden}x{4 * hidden} matrix-vector product": {
+                "numpy": timed(lambda: hn @ wn),
+                "torch": timed(lambda: h @ w),
+            },
+        }
+    torch.set_num_threads(threads)
+    return costs
+
+
 def bench_sampling(n: int = 4000) -> list[str]:
-    """One stream of the CPU default model: the numpy sampler (what `charrnn sample` runs on the CPU),
-    torch's `generate.sample` (the Python API, and what other devices run), and a bare loop."""
+    """The CPU default model, one stream and batches: the numpy sampler (what `charrnn sample` runs on
+    the CPU), torch's `generate.sample` (the Python API, and what other devices run), a bare loop,
+    and what one call of each library costs at batch 1 (where the time of a step goes)."""
     from charrnn.generate import SampleSettings, sample
     from charrnn.generate_numpy import sample_numpy
     from charrnn.tokenizers import train_tokenizer
@@ -174,6 +205,7 @@ def bench_sampling(n: int = 4000) -> list[str]:
         "temperature 1.0, top-p 0.9": SampleSettings(length=n, temperature=1.0, top_p=0.9, seed=1),
         "greedy": SampleSettings(length=n, temperature=0.0),
         "16 streams in one batch (total)": SampleSettings(length=n // 4, temperature=0.8, seed=1, num_samples=16),
+        "64 streams in one batch (total)": SampleSettings(length=n // 8, temperature=0.8, seed=1, num_samples=64),
         "256 streams in one batch (total)": SampleSettings(length=n // 8, temperature=0.8, seed=1, num_samples=256),
     }
     samplers = {
@@ -190,6 +222,8 @@ def bench_sampling(n: int = 4000) -> list[str]:
     rates = {name: {v: statistics.median(runs[name, v]) for v in variants} for name in samplers}
     for variant in variants:
         rows.append(f"| {variant} | {rates['numpy'][variant]:,.0f} | {rates['torch'][variant]:,.0f} |")
+    for name, microseconds in per_call_costs(model.cfg.hidden_size).items():
+        rows.append(f"| {name}, µs per call | {microseconds['numpy']:.1f} | {microseconds['torch']:.1f} |")
     one = [v for v in variants if "streams" not in v]
     worst = {name: min(rates[name][v] for v in one) / rates[name]["temperature 0.8"] for name in samplers}
     rows.append(
