@@ -153,6 +153,21 @@ def select_state(state: State, keep: Tensor) -> State:
     return state[:, keep]
 
 
+# torch's fused cell kernels (CUDA only): gates (B, G*H) from the input and from the hidden
+# state, in nn.LSTM / nn.GRU's gate order, with optional biases -> the new state (and a
+# workspace for backward, unused here). Looked up through this dict so that tests can stand
+# a reference implementation in for them on the CPU.
+_FUSED_CELLS = {
+    "lstm": torch.ops.aten._thnn_fused_lstm_cell,
+    "gru": torch.ops.aten._thnn_fused_gru_cell,
+}
+
+
+def flat_state(layers: list) -> list[Tensor]:
+    """Every tensor of a per-layer state list, in order."""
+    return [t for s in layers for t in (s if isinstance(s, tuple) else (s,))]
+
+
 class SingleStep:
     """One-token-at-a-time inference with the weights of a trained model.
 
@@ -164,6 +179,12 @@ class SingleStep:
     sigmoid over all four gates and one tanh. The state travels between steps
     as per-layer lists (`begin` / `end` convert from and to the model's
     stacked layout), and a temperature is folded into the head's product.
+
+    On a GPU, where a step is bound by its number of kernels, an LSTM or GRU layer
+    runs as two matrix products and torch's fused CUDA cell kernel (the one
+    `nn.LSTMCell` uses: all the gate arithmetic in one kernel), instead of some
+    eight kernels. `fused` says whether it does: it is switched on only after one
+    step on random states matched the unfused arithmetic (`fused_cell_matches`).
     """
 
     def __init__(self, model: RNNLanguageModel, banned: Sequence[int] = ()) -> None:
@@ -185,6 +206,38 @@ class SingleStep:
             self.head_b = model.head.bias.float().clone()
             self.head_b[list(banned)] = float("-inf")  # ids that must never be produced, e.g. <unk>
             self.proj = model.proj.weight.float().t().contiguous() if model.proj is not None else None
+        self.fused = False
+        if self.table.device.type == "cuda":
+            self.fused = self.fused_cell_matches()
+
+    def fused_cell_matches(self) -> bool:
+        """Whether the fused cell kernel runs here and gives this step's results (checked on random states)."""
+        if self.cell not in _FUSED_CELLS:
+            return False
+        device = self.table.device
+        generator = torch.Generator(device=device).manual_seed(0)  # leaves the global generator alone
+        batch = 3
+        tokens = torch.randint(0, self.table.shape[0], (batch,), device=device, generator=generator)
+
+        def random_state() -> Tensor:
+            return torch.rand(batch, self.hidden, device=device, generator=generator) * 2 - 1
+
+        layers = [
+            (random_state(), random_state()) if self.cell == "lstm" else random_state() for _ in range(self.layers)
+        ]
+        fused, self.fused = self.fused, False
+        try:
+            expected = self.advance(tokens, layers)
+            self.fused = True
+            got = self.advance(tokens, layers)
+        except (RuntimeError, NotImplementedError):  # no kernel for this device or this torch
+            return False
+        finally:
+            self.fused = fused
+        pairs = [(expected[0], got[0]), *zip(flat_state(expected[1]), flat_state(got[1]))]
+        finite = torch.isfinite(expected[0])  # banned ids are -inf in both
+        pairs[0] = (expected[0][finite], got[0][finite])
+        return all(torch.allclose(a, b, rtol=1e-3, atol=1e-3) for a, b in pairs)
 
     def begin(self, state: State) -> list:
         """The model's stacked state as per-layer entries."""
@@ -204,7 +257,10 @@ class SingleStep:
         out: list = []
         x = None
         for i, layer_state in enumerate(layers):
-            if self.cell == "lstm":
+            if self.fused:
+                x, new_state = self._fused_layer(i, tokens, x, layer_state)
+                out.append(new_state)
+            elif self.cell == "lstm":
                 h, c = layer_state
                 if i == 0:
                     gates = torch.addmm(self.table[tokens], h, self.w_hh[0])
@@ -235,6 +291,18 @@ class SingleStep:
         if self.proj is not None:
             x = x @ self.proj
         return torch.addmm(self.head_b, x, self.head_w, beta=scale, alpha=scale), out
+
+    def _fused_layer(self, i: int, tokens: Tensor, x: Tensor | None, layer_state: Tensor | tuple) -> tuple:
+        """Layer i as two products and the fused cell kernel: (its output, its new state)."""
+        h = layer_state[0] if self.cell == "lstm" else layer_state
+        input_gates = self.table[tokens] if i == 0 else torch.mm(x, self.w_ih[i])
+        input_bias = None if i == 0 else self.b_ih[i]  # the table holds layer 0's input bias
+        hidden_gates = torch.mm(h, self.w_hh[i])
+        if self.cell == "lstm":  # both biases sit in b_ih (and in the table)
+            h, c, _ = _FUSED_CELLS["lstm"](input_gates, hidden_gates, layer_state[1].contiguous(), input_bias)
+            return h, (h, c)
+        h, _ = _FUSED_CELLS["gru"](input_gates, hidden_gates, h.contiguous(), input_bias, self.b_hh[i])
+        return h, h
 
     def __call__(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
         """tokens (B,) and the model's state -> logits (B, V) and the new state."""

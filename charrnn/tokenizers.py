@@ -32,7 +32,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from charrnn.errors import CharrnnError
 
@@ -48,6 +48,9 @@ _NUM_CODE_POINTS = 0x110000
 # Characters per step when vectorizing char encode: big enough to amortize Python
 # overhead, small enough that the UTF-32 buffer stays in cache-friendly sizes.
 _CHAR_CHUNK = 1 << 20
+# Arrays of ids at least this long decode through numpy (`_PieceTable`); shorter ones and lists
+# through a Python loop, which costs less at that size than numpy's per-call overhead.
+_ARRAY_DECODE_MIN = 64
 
 
 def _without_surrogates(text: str) -> str:
@@ -57,6 +60,10 @@ def _without_surrogates(text: str) -> str:
     except UnicodeEncodeError:
         return _SURROGATES.sub(_REPLACEMENT, text)
     return text
+
+
+def _numel(ids: Any) -> int:
+    return ids.numel() if hasattr(ids, "numel") else ids.size  # a torch tensor, or a numpy array
 
 
 def _ids_to_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
@@ -72,6 +79,44 @@ def _join_bytes(id_bytes: Sequence[bytes | None], ids: Sequence[int] | torch.Ten
         piece = id_bytes[i] if 0 <= i < n else None
         parts.append(_REPLACEMENT_BYTES if piece is None else piece)
     return b"".join(parts)
+
+
+class _PieceTable:
+    """Every id's bytes in one buffer, so a whole array of ids decodes in a few numpy calls
+    (a Python loop costs ~0.1 µs a token: half a second for 1,024 samples of 4,000)."""
+
+    def __init__(self, id_bytes: Sequence[bytes | None]) -> None:
+        import numpy as np
+
+        pieces = [_REPLACEMENT_BYTES if piece is None else piece for piece in id_bytes]
+        pieces.append(_REPLACEMENT_BYTES)  # the last slot stands for every out-of-range id
+        self.lengths = np.array([len(piece) for piece in pieces], dtype=np.int64)
+        self.starts = np.cumsum(self.lengths) - self.lengths
+        self.buffer = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+        # When every piece is one whole character (the char tokenizer), ids map to code points.
+        texts = [piece.decode("utf-8", errors="replace") for piece in pieces]
+        whole = all(len(text) == 1 and text.encode("utf-8") == piece for text, piece in zip(texts, pieces))
+        self.code_points = np.array([ord(text) for text in texts], dtype="<u4") if whole else None
+
+    def decode(self, ids: Any) -> str:
+        """`Tokenizer.decode` of a numpy array or torch tensor of ids, any shape."""
+        import numpy as np
+
+        if hasattr(ids, "cpu"):  # a torch tensor, maybe on a GPU
+            ids = ids.cpu().numpy()
+        ids = np.asarray(ids).ravel().astype(np.int64)
+        outside = len(self.lengths) - 1
+        ids = np.where((ids >= 0) & (ids < outside), ids, outside)
+        if self.code_points is not None:
+            return self.code_points[ids].tobytes().decode("utf-32-le")
+        lengths = self.lengths[ids]
+        ends = np.cumsum(lengths)
+        if not len(ends) or not ends[-1]:
+            return ""
+        # Output byte k belongs to the piece whose output span holds k; its offset inside that
+        # piece is k minus where the span starts, read from the buffer at the piece's start.
+        shift = np.repeat(self.starts[ids] - (ends - lengths), lengths)
+        return self.buffer[np.arange(ends[-1]) + shift].tobytes().decode("utf-8", errors="replace")
 
 
 class StreamDecoder:
@@ -103,6 +148,7 @@ class Tokenizer(ABC):
     vocab_size: int
     unk_id: int | None
     _id_bytes: list[bytes | None]
+    _pieces: _PieceTable | None = None  # built on the first decode of a long array
 
     @abstractmethod
     def encode(self, text: str) -> torch.Tensor:
@@ -117,8 +163,12 @@ class Tokenizer(ABC):
         """Everything needed to rebuild this tokenizer with `tokenizer_from_state`."""
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        """Text of the ids. Never raises: invalid UTF-8, ``<unk>`` and out-of-range ids
-        become U+FFFD."""
+        """Text of the ids (a list, or a torch or numpy array of any shape, read in order).
+        Never raises: invalid UTF-8, ``<unk>`` and out-of-range ids become U+FFFD."""
+        if getattr(ids, "ndim", None) is not None and _numel(ids) >= _ARRAY_DECODE_MIN:
+            if self._pieces is None:
+                self._pieces = _PieceTable(self._id_bytes)
+            return self._pieces.decode(ids)
         return _join_bytes(self._id_bytes, ids).decode("utf-8", errors="replace")
 
     def stream_decoder(self) -> StreamDecoder:

@@ -12,6 +12,8 @@ data loading and ends after the final full validation pass.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -103,12 +105,49 @@ def bench_sampling() -> list[str]:
         ),
     }
     sample(model, tok, "\n", SampleSettings(length=600, seed=1))  # warm-up
+    rows.append(f"| SingleStep uses the fused cell kernel | {SingleStep(model).fused} |")
     for name, settings in variants.items():
         rates = [sample(model, tok, "\n", settings).chars_per_sec for _ in range(2)]
         rows.append(f"| charrnn sample, {name} | {statistics.median(rates):,.0f} |")
+    # Where a call's time goes: a quarter-length call and a full one, differenced, split it into
+    # a fixed cost (prime, graph capture, decoding) and a cost per step; with and without the
+    # fused cell kernel, alternated, in this process.
+    fused_available = SingleStep(model).fused
+    for name in ("1 stream, temperature 0.8", "1024 streams, temperature 0.8 (total)"):
+        full = variants[name]
+        short = dataclasses.replace(full, length=full.length // 4)
+        for fused in (True, False) if fused_available else (False,):
+            fixed, per_step = [], []
+            for _ in range(3):
+                with _fused_cells(fused):
+                    t_short = sample(model, tok, "\n", short).seconds
+                    t_full = sample(model, tok, "\n", full).seconds
+                step = (t_full - t_short) / (full.length - short.length)
+                per_step.append(step)
+                fixed.append(t_short - short.length * step)
+            label = f"{name.split(',')[0]}, {'fused cell' if fused else 'unfused cell'}"
+            step = statistics.median(per_step)
+            rows.append(f"| {label}: fixed cost per call, s | {statistics.median(fixed):.3f} |")
+            rows.append(
+                f"| {label}: per step, µs (steady chars/s) | {step * 1e6:.1f} ({full.num_samples / step:,.0f}) |"
+            )
     same = [sample(model, tok, "\n", SampleSettings(length=300, seed=5)).texts[0] for _ in range(2)]
     rows.append(f"| same seed gives the same text on the GPU | {same[0] == same[1]} |")
     return rows
+
+
+@contextlib.contextmanager
+def _fused_cells(on: bool):
+    """Every SingleStep made inside uses the fused cell kernel if `on` (and it matched), else never."""
+    from charrnn.model import SingleStep
+
+    original = SingleStep.fused_cell_matches
+    if not on:
+        SingleStep.fused_cell_matches = lambda self: False
+    try:
+        yield
+    finally:
+        SingleStep.fused_cell_matches = original
 
 
 # ----- the training loop -----

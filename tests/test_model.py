@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from charrnn import model as model_module
 from charrnn.config import ModelConfig
 from charrnn.model import RNNLanguageModel, SingleStep, detach_state, select_state
 
@@ -61,6 +62,72 @@ def test_single_step_matches_the_fused_module(cell: str, tie: bool) -> None:
     for t in range(30):
         logits, state = step(x[t], state)
         torch.testing.assert_close(logits, expected[t], atol=1e-5, rtol=1e-4)
+
+
+# Stand-ins for torch's fused CUDA cell kernels, from nn.LSTM's and nn.GRU's documented
+# equations (gate order i, f, g, o and r, z, n), so the fused wiring is checked on the CPU.
+def _lstm_cell(input_gates, hidden_gates, cx, input_bias=None, hidden_bias=None):
+    gates = input_gates + hidden_gates
+    gates = gates + (0 if input_bias is None else input_bias) + (0 if hidden_bias is None else hidden_bias)
+    i, f, g, o = gates.chunk(4, dim=1)
+    cy = f.sigmoid() * cx + i.sigmoid() * g.tanh()
+    return o.sigmoid() * cy.tanh(), cy, gates
+
+
+def _gru_cell(input_gates, hidden_gates, hx, input_bias=None, hidden_bias=None):
+    input_gates = input_gates + (0 if input_bias is None else input_bias)
+    hidden_gates = hidden_gates + (0 if hidden_bias is None else hidden_bias)
+    ir, iz, i_n = input_gates.chunk(3, dim=1)
+    hr, hz, h_n = hidden_gates.chunk(3, dim=1)
+    r, z = (ir + hr).sigmoid(), (iz + hz).sigmoid()
+    n = (i_n + r * h_n).tanh()
+    return n + z * (hx - n), input_gates
+
+
+def _swapped_lstm_cell(input_gates, hidden_gates, cx, input_bias=None, hidden_bias=None):
+    return _lstm_cell(input_gates.roll(input_gates.shape[1] // 4, 1), hidden_gates, cx, input_bias, hidden_bias)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("tie", [False, True])
+def test_the_fused_cell_path_matches_the_fused_module(cell: str, tie: bool, monkeypatch) -> None:
+    monkeypatch.setattr(model_module, "_FUSED_CELLS", {"lstm": _lstm_cell, "gru": _gru_cell})
+    model = _model(cell, tie_weights=tie)
+    step = SingleStep(model)
+    assert not step.fused  # only ever switched on by itself on a GPU
+    assert step.fused_cell_matches()
+    step.fused = True
+    x = torch.randint(0, 50, (30, 4))
+    with torch.no_grad():
+        expected, _, _ = model(x)
+    state = model.init_state(4)
+    for t in range(30):
+        logits, state = step(x[t], state)
+        torch.testing.assert_close(logits, expected[t], atol=1e-5, rtol=1e-4)
+
+
+def test_a_fused_cell_that_disagrees_or_is_missing_is_not_used(monkeypatch) -> None:
+    step = SingleStep(_model("lstm"))
+    assert not step.fused_cell_matches()  # on the CPU torch has no fused cell kernel: it raises
+    monkeypatch.setattr(model_module, "_FUSED_CELLS", {"lstm": _swapped_lstm_cell, "gru": _gru_cell})
+    assert not step.fused_cell_matches()
+    assert not step.fused
+    assert not SingleStep(_model("rnn")).fused_cell_matches()  # no fused kernel for a plain RNN
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_on_a_gpu_the_single_step_uses_the_fused_cell(cell: str) -> None:
+    model = _model(cell).cuda()
+    step = SingleStep(model)
+    assert step.fused
+    x = torch.randint(0, 50, (10, 4), device="cuda")
+    with torch.no_grad():
+        expected, _, _ = model(x)
+    state = model.init_state(4)
+    for t in range(10):
+        logits, state = step(x[t], state)
+        torch.testing.assert_close(logits, expected[t], atol=1e-3, rtol=1e-3)
 
 
 def test_tied_weights_share_one_tensor() -> None:

@@ -6,6 +6,7 @@ import io
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -348,6 +349,29 @@ def test_decode_never_raises_on_bad_ids(tokenizers: dict[str, Tokenizer], kind: 
     tokenizer = tokenizers[kind]
     assert tokenizer.decode([-1, tokenizer.vocab_size, 10**9]) == "\ufffd" * 3
     assert tokenizer.decode(torch.tensor([tokenizer.vocab_size], dtype=torch.int32)) == "\ufffd"
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+@fast
+@given(data=st.data())
+def test_arrays_of_ids_decode_as_lists_do(tokenizers: dict[str, Tokenizer], kind: str, data: st.DataObject) -> None:
+    # Long arrays take the vectorized path (`_PieceTable`); lists and short arrays a Python loop.
+    tokenizer = tokenizers[kind]
+    ids = data.draw(st.lists(st.integers(-3, tokenizer.vocab_size + 3), min_size=60, max_size=300))
+    expected = tokenizer.decode(ids)
+    assert tokenizer.decode(np.array(ids)) == expected
+    assert tokenizer.decode(torch.tensor(ids, dtype=torch.int32)) == expected
+    if len(ids) % 2 == 0:
+        assert tokenizer.decode(np.array(ids).reshape(2, -1)) == expected  # read in order, row by row
+    if min(ids) >= 0 and max(ids) < 256:
+        assert tokenizer.decode(np.array(ids, dtype=np.uint8)) == expected
+
+
+def test_a_long_array_of_real_text_decodes_exactly(tokenizers: dict[str, Tokenizer]) -> None:
+    text = (NASTY_JOINED + HELD_OUT) * 3
+    for tokenizer in tokenizers.values():
+        assert tokenizer.decode(tokenizer.encode(text).numpy()) == text
+        assert tokenizer.decode(np.zeros(0, dtype=np.int64)) == ""
 
 
 def test_invalid_utf8_decodes_to_replacement_characters(tokenizers: dict[str, Tokenizer]) -> None:
