@@ -23,7 +23,7 @@ path:
   top-k keeps the k largest logits; for top-p see `Chooser`.
 
 Everything about text (stop strings, lengths, streaming, token healing, output)
-is shared with the torch path in `sampling.py`. Batches of more than 16 streams
+is shared with the torch path in `sampling.py`. Batches of more than 64 streams
 (torch's threaded kernels catch up as the batch grows) and other devices sample in
 `generate.py`.
 """

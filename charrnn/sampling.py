@@ -1,6 +1,6 @@
 """The `sample` command, whatever does the arithmetic: settings, the text of each stream, output.
 
-Two samplers share this module. `generate_numpy.py` runs up to 16 streams on the
+Two samplers share this module. `generate_numpy.py` runs up to 64 streams on the
 CPU with numpy and never imports torch, so the first character appears in a
 fraction of a second; `generate.py` runs everything else (larger batches, GPUs,
 the Python API on a loaded `RNNLanguageModel`) with torch. Both hand token ids to
@@ -35,10 +35,10 @@ from charrnn.tokenizers import Tokenizer
 MAX_LENGTH = 100_000_000
 MAX_SAMPLES = 65_536
 BLOCK_CPU = 32  # steps whose tokens reach Python together on the CPU (256 on a GPU)
-# Up to this many streams the numpy sampler is clearly the faster one on the CPU; torch's threaded
-# kernels catch up with more and win by 256 (`python scripts/bench_cpu.py --only sample` times both
-# at 1, 16, 64 and 256 streams; the crossover moves with the machine's load).
-NUMPY_MAX_STREAMS = 16
+# Up to this many streams the numpy sampler is the faster one on the CPU; torch's threaded kernels
+# catch up near 128 and win at 256 (`python scripts/bench_cpu.py --only sample` times both at 1, 16,
+# 64, 128 and 256 streams; the crossover moves with the machine's load).
+NUMPY_MAX_STREAMS = 64
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,7 @@ def bench_sampling(n: int = 4000) -> list[str]:
         "greedy": SampleSettings(length=n, temperature=0.0),
         "16 streams in one batch (total)": SampleSettings(length=n // 4, temperature=0.8, seed=1, num_samples=16),
         "64 streams in one batch (total)": SampleSettings(length=n // 8, temperature=0.8, seed=1, num_samples=64),
+        "128 streams in one batch (total)": SampleSettings(length=n // 8, temperature=0.8, seed=1, num_samples=128),
         "256 streams in one batch (total)": SampleSettings(length=n // 8, temperature=0.8, seed=1, num_samples=256),
     }
     samplers = {
