@@ -343,7 +343,7 @@ def bench_big(gigabytes: float) -> list[str]:
 
 QUALITY_CHILD = r"""
 import json, sys, time
-t0 = time.perf_counter()
+t0 = time.monotonic()
 from pathlib import Path
 from charrnn.config import TrainConfig, preset_settings
 from charrnn.corpus import find_corpus
@@ -352,10 +352,10 @@ budget, reserve = float(sys.argv[2]), float(sys.argv[3])
 preset = preset_settings("cpu", "cpu")
 override = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
 preset = {part: {**preset[part], **override.get(part, {})} for part in ("model", "train")}
-cfg = TrainConfig(**preset["train"], val_frac=0.1, max_time=budget - reserve - (time.perf_counter() - t0),
+cfg = TrainConfig(**preset["train"], val_frac=0.1, max_time=budget - reserve,
                   eval_interval=10**9, eval_tokens=None, log_interval=50)
-result = train(find_corpus([sys.argv[1]]), preset["model"], cfg, Path(sys.argv[4]))
-print(json.dumps({"val": result.last_val, "seconds": time.perf_counter() - t0, "steps": result.steps,
+result = train(find_corpus([sys.argv[1]]), preset["model"], cfg, Path(sys.argv[4]), budget_from=t0)
+print(json.dumps({"val": result.last_val, "seconds": time.monotonic() - t0, "steps": result.steps,
                   "chars_per_sec": result.chars_per_sec}))
 """
 

@@ -117,3 +117,20 @@ def test_learning_rate_schedule() -> None:
     assert lr_factor(cfg, 50, 0.5) == pytest.approx(0.55)
     assert lr_factor(cfg, 99, 1.0) == pytest.approx(0.1)
     assert lr_factor(TrainConfig(schedule="constant", warmup_steps=0), 500, 0.9) == 1.0
+
+
+def test_a_time_budget_can_count_from_before_setup(tmp_path: Path, corpus_file: Path) -> None:
+    # What the benchmarks do: the budget counts from their own start, data loading included.
+    import time
+
+    corpus = find_corpus([str(corpus_file)])
+    spent = train(corpus, SMALL_MODEL, _cfg(max_time=5.0), tmp_path / "spent", budget_from=time.monotonic() - 60)
+    assert spent.steps == 1 and spent.last_val is not None  # one step and the final evaluation, however late
+    assert spent.history[-1]["time"] >= 60
+    started = time.monotonic()
+    setup_done: list[float] = []
+    report = Report(on_start=lambda info: setup_done.append(time.monotonic()))
+    cfg = _cfg(max_time=3.0, eval_interval=10**6, log_interval=1)
+    timed = train(corpus, SMALL_MODEL, cfg, tmp_path / "timed", report=report, budget_from=started)
+    assert timed.history[0]["time"] >= setup_done[0] - started  # the first step's clock includes the setup
+    assert timed.history[-1]["time"] >= 3.0 and timed.last_val is not None
