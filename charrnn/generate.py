@@ -8,15 +8,23 @@ valid text, even for a byte-level model in the middle of a multi-byte character.
 
 Token healing (`sampling.Healing`) and everything about text is shared with the
 numpy sampler in `sampling.py`.
+
+On a GPU, where a step costs what its kernel launches cost, three things cut them:
+blocks of steps replay as one CUDA graph (`_GraphBlock`); each LSTM or GRU layer is
+two products and torch's fused cell kernel (`SingleStep`); and the token is chosen
+by one Triton kernel, whatever the top-k and top-p (`generate_triton.py`). Each of
+the last two is used only after it matched the torch arithmetic it replaces.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
 import torch
 
+from charrnn import generate_triton
 from charrnn.model import RNNLanguageModel, SingleStep, flat_state
 from charrnn.sampling import (  # noqa: F401 (heal_prime and SampleSettings: part of this module's API)
     BLOCK_CPU,
@@ -52,12 +60,49 @@ class _Chooser:
     is an exact sample of softmax(logits). The noise for a block of steps is drawn in one call
     from the seeded generator, so a step costs an add and an argmax, and the same code runs
     eagerly on the CPU and inside a captured CUDA graph. top-k keeps the k largest logits
-    (topk returns them sorted); top-p then drops the sorted tail past probability p.
+    (topk returns them sorted); top-p then drops the sorted tail past probability p. With
+    `kernel`, all of that is one Triton kernel on noise over the whole vocabulary.
     """
 
-    def __init__(self, settings: SampleSettings, vocab: int, batch: int, generator: torch.Generator) -> None:
+    def __init__(
+        self, settings: SampleSettings, vocab: int, batch: int, generator: torch.Generator, kernel: bool = False
+    ) -> None:
         self.settings, self.batch, self.generator = settings, batch, generator
         self.width = settings.top_k if 0 < settings.top_k < vocab else vocab
+        # On CUDA, one Triton kernel draws the token, whatever the top-k and top-p: the noise then
+        # covers the whole vocabulary (`generate_triton.py`).
+        self.kernel = kernel
+        if kernel:
+            self.width = vocab
+
+    @classmethod
+    def for_device(cls, settings: SampleSettings, vocab: int, batch: int, generator: torch.Generator) -> _Chooser:
+        """The kernel chooser where it runs and agrees with the torch one (checked once), else the torch one."""
+        chooser = cls(settings, vocab, batch, generator)
+        if generator.device.type != "cuda" or settings.temperature == 0 or not generate_triton.available(vocab):
+            return chooser
+        kernel = cls(settings, vocab, batch, generator, kernel=True)
+        return kernel if _kernel_agrees(str(generator.device), vocab, settings.top_k, settings.top_p) else chooser
+
+    def agrees_with_torch(self, rows: int = 4096) -> bool:
+        """Whether the kernel picks what the torch chooser picks for the same logits and noise."""
+        device = self.generator.device
+        check = torch.Generator(device=device).manual_seed(0)
+        vocab = self.width
+        logits = torch.randn(rows, vocab, device=device, generator=check) * 2
+        logits[:, vocab // 3] = float("-inf")  # as a banned id is
+        noise = torch.rand(rows, vocab, device=device, generator=check).clamp_(1e-10, 1 - 1e-7)
+        noise = noise.log_().neg_().log_().neg_()
+        try:
+            got = generate_triton.choose(
+                logits, noise, self.settings.top_k, self.settings.top_p, torch.empty_like(noise[:, 0], dtype=torch.long)
+            )
+        except Exception:  # noqa: BLE001 (a Triton or driver too old, a compile failure: keep the torch chooser)
+            return False
+        kept = filter_logits(logits, self.settings.top_k, self.settings.top_p)
+        expected = (kept + noise).argmax(dim=-1)
+        # Float sums in another order can move a token across the top-p boundary now and then.
+        return bool((got == expected).float().mean() > 0.99)
 
     def noise(self, steps: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Gumbel noise for `steps` steps: (steps, B, width)."""
@@ -66,10 +111,20 @@ class _Chooser:
         u = torch.rand(shape, device=device, generator=self.generator, out=out)
         return u.clamp_(1e-10, 1 - 1e-7).log_().neg_().log_().neg_()
 
-    def __call__(self, logits: torch.Tensor, gumbel: torch.Tensor | None) -> torch.Tensor:
-        """logits (B, V), already divided by the temperature; gumbel (B, width) or None for greedy."""
+    def __call__(
+        self, logits: torch.Tensor, gumbel: torch.Tensor | None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """logits (B, V), already divided by the temperature; gumbel (B, width) or None for greedy.
+        The tokens (B,) go to `out` when given (and are returned)."""
         if gumbel is None:
-            return logits.argmax(dim=-1)
+            return torch.argmax(logits, dim=-1, out=out)
+        if self.kernel:
+            out = out if out is not None else torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+            return generate_triton.choose(logits.contiguous(), gumbel, self.settings.top_k, self.settings.top_p, out)
+        choice = self._torch_choice(logits, gumbel)
+        return choice if out is None else out.copy_(choice)
+
+    def _torch_choice(self, logits: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
         ids = None
         if self.width < logits.shape[-1]:
             logits, ids = torch.topk(logits, self.width, dim=-1)
@@ -80,6 +135,14 @@ class _Chooser:
             logits = logits.masked_fill(probs.cumsum(dim=-1) - probs >= self.settings.top_p, float("-inf"))
         choice = (logits + gumbel).argmax(dim=-1, keepdim=True)
         return (choice if ids is None else ids.gather(1, choice)).squeeze(1)
+
+
+@functools.cache
+def _kernel_agrees(device: str, vocab: int, top_k: int, top_p: float) -> bool:
+    """`_Chooser.agrees_with_torch`, once per process for each device and filter setting."""
+    settings = SampleSettings(temperature=1.0, top_k=top_k, top_p=top_p)
+    generator = torch.Generator(device=device)
+    return _Chooser(settings, vocab, 1, generator, kernel=True).agrees_with_torch()
 
 
 def _start_tokens(tokenizer: Tokenizer, prime: str) -> tuple[torch.Tensor, int, str]:
@@ -146,7 +209,7 @@ def _sample(
     # `length` tokens per stream, so the tokens stay on the device and are decoded once at the end.
     bulk = on_text is None and not settings.stop and tokenizer.kind == "char" and not healing.active
     collected: list[torch.Tensor] = []
-    chooser = _Chooser(settings, logits.shape[-1], batch, generator)
+    chooser = _Chooser.for_device(settings, logits.shape[-1], batch, generator)
     greedy = settings.temperature == 0
     noise, noise_used = torch.empty(0), 0  # Gumbel noise drawn a block ahead, and how much of it is spent
     while unfinished:
@@ -237,9 +300,7 @@ class _GraphBlock:
 
     def _steps(self, logits: torch.Tensor, layers: list, steps: int, scratch: bool) -> None:
         for k in range(steps):
-            token = self.chooser(logits, self.noise[k])
-            if not scratch:
-                self.tokens[k].copy_(token)
+            token = self.chooser(logits, self.noise[k], out=None if scratch else self.tokens[k])
             logits, layers = self.step.advance(token, layers, self.scale)
         if not scratch:  # the state after the block is the next block's starting point
             self.logits.copy_(logits)

@@ -54,45 +54,56 @@ SWEEP = {
 
 
 def sync_time() -> float:
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter()
 
 
 # ----- sampling -----
 
 
-def bench_sampling() -> list[str]:
-    from charrnn.generate import SampleSettings, _Chooser, _GraphBlock, sample
+def bench_sampling(device: str = "cuda", scale: float = 1.0) -> list[str]:
+    """Sampling speed on the reference 3x512 LSTM. `--smoke` runs it on the CPU at a hundredth of
+    the lengths, without CUDA graphs, to check the script before GPU time is spent on it."""
+    from charrnn import generate_triton
+    from charrnn.generate import SampleSettings, _Chooser, _GraphBlock, filter_logits, sample
     from charrnn.model import SingleStep
     from charrnn.tokenizers import train_tokenizer
 
     tok = train_tokenizer("char", SHAKESPEARE.read_text())
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tok.vocab_size, num_layers=3, hidden_size=512, embed_size=128)
-    model = RNNLanguageModel(cfg).cuda().eval()
+    model = RNNLanguageModel(cfg).to(device).eval()
     rows = ["| sampling, 3x512 LSTM | chars/s |", "| --- | --- |"]
     # reference: the usual loop, one call of the fused module per character
-    rnn = torch.nn.LSTM(128, 512, 3).cuda()
-    x = torch.zeros(1, 1, dtype=torch.long, device="cuda")
+    rnn = torch.nn.LSTM(128, 512, 3).to(device)
+    x = torch.zeros(1, 1, dtype=torch.long, device=device)
     state = None
     with torch.no_grad():
         start = sync_time()
-        for _ in range(1000):
+        bare = max(10, int(1000 * scale))
+        for _ in range(bare):
             out, state = rnn(model.embed(x), state)
             x = torch.multinomial(torch.softmax(model.head(out[-1]) / 0.8, -1), 1).view(1, 1)
-        rows.append(f"| bare loop over nn.LSTM, 1 stream | {1000 / (sync_time() - start):,.0f} |")
-    # correctness of the graph sampler: its first-token frequencies match the softmax
-    logits = torch.randn(8192, tok.vocab_size, device="cuda")
+        rows.append(f"| bare loop over nn.LSTM, 1 stream | {bare / (sync_time() - start):,.0f} |")
+    # correctness of the graph sampler: its first-token frequencies match the (nucleus) softmax
+    logits = torch.randn(8192, tok.vocab_size, device=device)
     logits[:] = logits[0]
     step = SingleStep(model)
-    layers = step.begin(model.init_state(8192))
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    chooser = _Chooser(SampleSettings(temperature=1.0), tok.vocab_size, 8192, gen)
-    block = _GraphBlock(step, layers, logits, chooser, 1.0, 4)
-    first = block.run()[0]
-    freq = torch.bincount(first, minlength=tok.vocab_size).float() / first.numel()
-    tv = 0.5 * (freq - logits[0].softmax(-1)).abs().sum().item()
-    rows.append(f"| graph sampler check: total variation vs softmax over 8192 draws (noise ~0.03) | {tv:.4f} |")
+    gen = torch.Generator(device=device).manual_seed(0)
+    for kernel in (False, True) if device == "cuda" and generate_triton.available(tok.vocab_size) else (False,):
+        for top_p in (1.0, 0.9):
+            chooser = _Chooser(SampleSettings(temperature=1.0, top_p=top_p), tok.vocab_size, 8192, gen, kernel=kernel)
+            if device == "cuda":
+                first = _GraphBlock(step, step.begin(model.init_state(8192)), logits, chooser, 1.0, 4).run()[0]
+            else:
+                first = chooser(logits, chooser.noise(1)[0])
+            freq = torch.bincount(first, minlength=tok.vocab_size).float() / first.numel()
+            tv = 0.5 * (freq - filter_logits(logits[:1], top_p=top_p)[0].softmax(-1)).abs().sum().item()
+            rows.append(
+                f"| graph sampler check, {'kernel' if kernel else 'torch'} chooser, top-p {top_p}: "
+                f"total variation vs the softmax over 8192 draws (noise ~0.03) | {tv:.4f} |"
+            )
     variants = {
         "1 stream, temperature 0.8": SampleSettings(length=20_000, temperature=0.8, seed=1),
         "1 stream, top-k 10": SampleSettings(length=20_000, temperature=1.0, top_k=10, seed=1),
@@ -104,28 +115,30 @@ def bench_sampling() -> list[str]:
             length=4_000, temperature=1.0, top_p=0.9, seed=1, num_samples=1024
         ),
     }
+    variants = {name: dataclasses.replace(v, length=max(40, int(v.length * scale))) for name, v in variants.items()}
     sample(model, tok, "\n", SampleSettings(length=600, seed=1))  # warm-up
     rows.append(f"| SingleStep uses the fused cell kernel | {SingleStep(model).fused} |")
     for name, settings in variants.items():
+        uses_kernel = _Chooser.for_device(settings, tok.vocab_size, settings.num_samples, gen).kernel
         rates = [sample(model, tok, "\n", settings).chars_per_sec for _ in range(2)]
-        rows.append(f"| charrnn sample, {name} | {statistics.median(rates):,.0f} |")
+        rows.append(f"| charrnn sample, {name} (kernel chooser: {uses_kernel}) | {statistics.median(rates):,.0f} |")
     # Where a call's time goes: a quarter-length call and a full one, differenced, split it into
-    # a fixed cost (prime, graph capture, decoding) and a cost per step; with and without the
-    # fused cell kernel, alternated, in this process.
-    fused_available = SingleStep(model).fused
-    for name in ("1 stream, temperature 0.8", "1024 streams, temperature 0.8 (total)"):
+    # a fixed cost (prime, graph capture, decoding) and a cost per step; with each of the two GPU
+    # levers (the fused cell kernel, the one-kernel chooser) turned off in turn, in this process.
+    levers = {"both levers": (True, True), "no fused cell": (False, True), "torch chooser": (True, False)}
+    for name in ("1 stream, temperature 0.8", "1 stream, top-p 0.9", "1024 streams, temperature 0.8 (total)"):
         full = variants[name]
         short = dataclasses.replace(full, length=full.length // 4)
-        for fused in (True, False) if fused_available else (False,):
+        for lever, (fused, kernel) in levers.items():
             fixed, per_step = [], []
             for _ in range(3):
-                with _fused_cells(fused):
+                with _gpu_levers(fused, kernel):
                     t_short = sample(model, tok, "\n", short).seconds
                     t_full = sample(model, tok, "\n", full).seconds
                 step = (t_full - t_short) / (full.length - short.length)
                 per_step.append(step)
                 fixed.append(t_short - short.length * step)
-            label = f"{name.split(',')[0]}, {'fused cell' if fused else 'unfused cell'}"
+            label = f"{name.removesuffix(' (total)')}, {lever}"
             step = statistics.median(per_step)
             rows.append(f"| {label}: fixed cost per call, s | {statistics.median(fixed):.3f} |")
             rows.append(
@@ -137,17 +150,21 @@ def bench_sampling() -> list[str]:
 
 
 @contextlib.contextmanager
-def _fused_cells(on: bool):
-    """Every SingleStep made inside uses the fused cell kernel if `on` (and it matched), else never."""
+def _gpu_levers(fused_cell: bool, kernel_chooser: bool):
+    """Inside, the sampler uses the fused cell kernel and the one-kernel chooser only where allowed
+    (and where each passed its own check), never otherwise."""
+    from charrnn import generate_triton
     from charrnn.model import SingleStep
 
-    original = SingleStep.fused_cell_matches
-    if not on:
+    matches, available = SingleStep.fused_cell_matches, generate_triton.available
+    if not fused_cell:
         SingleStep.fused_cell_matches = lambda self: False
+    if not kernel_chooser:
+        generate_triton.available = lambda vocab: False
     try:
         yield
     finally:
-        SingleStep.fused_cell_matches = original
+        SingleStep.fused_cell_matches, generate_triton.available = matches, available
 
 
 # ----- the training loop -----
@@ -272,7 +289,11 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also run the alternative configurations")
     parser.add_argument("--specs", type=Path, help='JSON: {name: {"model": {..}, "train": {..}, "budgets": [..]}}')
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="run the sampling section on the CPU, briefly")
     args = parser.parse_args()
+    if args.smoke:
+        print("\n".join(bench_sampling("cpu", scale=0.01)))
+        return
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA device")
     parts = set(args.only.split(","))
