@@ -300,7 +300,9 @@ class _GraphBlock:
 
     def _steps(self, logits: torch.Tensor, layers: list, steps: int, scratch: bool) -> None:
         for k in range(steps):
-            token = self.chooser(logits, self.noise[k], out=None if scratch else self.tokens[k])
+            # The warm-up writes into the same buffers as the capture: a Triton kernel is compiled
+            # for the alignments of its pointers, and must not be compiled while being captured.
+            token = self.chooser(logits, self.noise[k], out=self.tokens[k])
             logits, layers = self.step.advance(token, layers, self.scale)
         if not scratch:  # the state after the block is the next block's starting point
             self.logits.copy_(logits)
