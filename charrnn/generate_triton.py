@@ -36,7 +36,7 @@ def _kernel() -> Any:
     try:
         import triton
         import triton.language as tl
-    except ImportError:
+    except Exception:  # noqa: BLE001 (missing, or a broken install: the torch chooser serves instead)
         return None
 
     @triton.jit
@@ -98,5 +98,6 @@ def choose(logits: torch.Tensor, noise: torch.Tensor, top_k: int, top_p: float, 
         USE_TOP_K=use_top_k,
         USE_TOP_P=top_p < 1.0,
         BLOCK=block,
+        num_warps=max(4, block // 16),  # the (V, V) comparison: at most 128 of its values per thread
     )
     return out
