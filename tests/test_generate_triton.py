@@ -88,6 +88,31 @@ def test_the_torch_chooser_is_kept_off_cuda_and_for_big_vocabularies() -> None:
     )
 
 
+def test_the_kernel_compiles_for_an_h100() -> None:
+    # Ahead of time, without a GPU: Triton's own compiler and ptxas, for compute capability 9.0.
+    code = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from charrnn import generate_triton
+kernel = generate_triton._kernel()
+pointers = {"logits_ptr": "*fp32", "noise_ptr": "*fp32", "out_ptr": "*i64"}
+numbers = {"vocab": "i32", "logits_stride": "i32", "noise_stride": "i32", "top_k": "i32", "top_p": "fp32"}
+flags = {"USE_TOP_K": "constexpr", "USE_TOP_P": "constexpr", "BLOCK": "constexpr"}
+for top_k, top_p, block in [(False, False, 128), (True, True, 128), (True, True, 256)]:
+    constants = {"USE_TOP_K": top_k, "USE_TOP_P": top_p, "BLOCK": block}
+    source = ASTSource(fn=kernel, signature={**pointers, **numbers, **flags}, constexprs=constants)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": max(4, block // 16)})
+    assert compiled.asm["cubin"] and ".local" not in compiled.asm["ptx"]  # no spills to local memory
+"""
+    env = {**os.environ, "TRITON_DEFAULT_FP_FUSION": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode and ("ImportError" in done.stderr or "TypeError" in done.stderr):
+        pytest.skip(f"this Triton's ahead-of-time API differs: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_a_gpu_the_sampler_chooses_with_the_kernel() -> None:
     from charrnn.generate import _Chooser
