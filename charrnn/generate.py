@@ -91,8 +91,7 @@ class _Chooser:
         vocab = self.width
         logits = torch.randn(rows, vocab, device=device, generator=check) * 2
         logits[:, vocab // 3] = float("-inf")  # as a banned id is
-        noise = torch.rand(rows, vocab, device=device, generator=check).clamp_(1e-10, 1 - 1e-7)
-        noise = noise.log_().neg_().log_().neg_()
+        noise = _gumbel_(torch.rand(rows, vocab, device=device, generator=check))
         try:
             got = generate_triton.choose(
                 logits, noise, self.settings.top_k, self.settings.top_p, torch.empty_like(noise[:, 0], dtype=torch.long)
@@ -108,8 +107,7 @@ class _Chooser:
         """Gumbel noise for `steps` steps: (steps, B, width)."""
         shape = (steps, self.batch, self.width)
         device = self.generator.device
-        u = torch.rand(shape, device=device, generator=self.generator, out=out)
-        return u.clamp_(1e-10, 1 - 1e-7).log_().neg_().log_().neg_()
+        return _gumbel_(torch.rand(shape, device=device, generator=self.generator, out=out))
 
     def __call__(
         self, logits: torch.Tensor, gumbel: torch.Tensor | None, out: torch.Tensor | None = None
@@ -135,6 +133,11 @@ class _Chooser:
             logits = logits.masked_fill(probs.cumsum(dim=-1) - probs >= self.settings.top_p, float("-inf"))
         choice = (logits + gumbel).argmax(dim=-1, keepdim=True)
         return (choice if ids is None else ids.gather(1, choice)).squeeze(1)
+
+
+def _gumbel_(u: torch.Tensor) -> torch.Tensor:
+    """Uniform noise turned into Gumbel noise, -log(-log(u)), in place."""
+    return u.clamp_(1e-10, 1 - 1e-7).log_().neg_().log_().neg_()
 
 
 @functools.cache
@@ -293,9 +296,11 @@ class _GraphBlock:
 
     @classmethod
     def build(cls, *args) -> _GraphBlock | None:
+        # An older driver or torch without graph support, or a capture that fails for any other
+        # reason (a kernel it cannot capture): stay eager, which runs the same steps uncaptured.
         try:
             return cls(*args)
-        except RuntimeError:  # an older driver or torch without graph support: stay eager
+        except Exception:  # noqa: BLE001
             return None
 
     def _steps(self, logits: torch.Tensor, layers: list, steps: int, scratch: bool) -> None:

@@ -5,14 +5,15 @@ that have nothing to do with arithmetic: `import torch` (1 to 3 s on two cores,
 longer than the whole target of printing the first character within 1 s) and
 torch's per-call dispatch (several microseconds per operation, some twenty-five
 operations per character). A step of a 2 × 256 LSTM is three matrix-vector
-products of about 1 MB of weights, some 60 µs of work; everything else is small
+products of about 1 MB of weights each (25 to 31 µs apiece on this project's
+2-core machine, by `bench_cpu.py`'s per-call row); everything else is small
 vector arithmetic. So `charrnn sample` on the CPU runs here, from the checkpoint's
 weights read as numpy arrays (`checkpoint_numpy.py`), in float32 like the torch
 path:
 
 - The first layer's input projection of a one-hot input is a row of a
   precomputed (vocab, gates) table; later layers project their whole input in one
-  product (over the whole prime at once when priming).
+  product (over up to `PRIME_CHUNK` prime tokens at once when priming).
 - An LSTM's sigmoid gates come out of the one `tanh` over all four gates: their
   weights and biases are pre-halved, and sigmoid(z) = (1 + tanh(z / 2)) / 2 is
   finished by one multiply-add over the gate vector. A GRU does the same with its

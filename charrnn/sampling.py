@@ -309,15 +309,13 @@ def sample_run(
             file=sys.stderr,
         )
     texts = [prime_text + t for t in result.texts]
+    joined = "".join(("" if i == 0 else "\n") + f"----- sample {i + 1} -----\n{t}\n" for i, t in enumerate(texts))
     if live:
         sys.stdout.write("\n")
-        sys.stdout.flush()
     elif output is None:
-        for i, text in enumerate(texts):
-            sys.stdout.write(("" if i == 0 else "\n") + f"----- sample {i + 1} -----\n{text}\n")
-        sys.stdout.flush()
+        sys.stdout.write(joined)
     else:
-        joined = "".join(("" if i == 0 else "\n") + f"----- sample {i + 1} -----\n{t}\n" for i, t in enumerate(texts))
         body = texts[0] if len(texts) == 1 else joined
         atomic_write(output, lambda handle: handle.write(body.encode("utf-8")))
+    sys.stdout.flush()
     return result

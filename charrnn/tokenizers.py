@@ -28,6 +28,7 @@ from __future__ import annotations
 import codecs
 import io
 import itertools
+import math
 import re
 import time
 from abc import ABC, abstractmethod
@@ -60,10 +61,6 @@ def _without_surrogates(text: str) -> str:
     except UnicodeEncodeError:
         return _SURROGATES.sub(_REPLACEMENT, text)
     return text
-
-
-def _numel(ids: Any) -> int:
-    return ids.numel() if hasattr(ids, "numel") else ids.size  # a torch tensor, or a numpy array
 
 
 def _ids_to_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
@@ -165,7 +162,7 @@ class Tokenizer(ABC):
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text of the ids (a list, or a torch or numpy array of any shape, read in order).
         Never raises: invalid UTF-8, ``<unk>`` and out-of-range ids become U+FFFD."""
-        if getattr(ids, "ndim", None) is not None and _numel(ids) >= _ARRAY_DECODE_MIN:
+        if hasattr(ids, "shape") and math.prod(ids.shape) >= _ARRAY_DECODE_MIN:  # a torch or numpy array
             if self._pieces is None:
                 self._pieces = _PieceTable(self._id_bytes)
             return self._pieces.decode(ids)

@@ -170,6 +170,7 @@ class Trainer:
         report: Report,
         *,
         ranks: Ranks | None = None,
+        budget_from: float | None = None,
     ) -> None:
         self.run, self.data, self.model_cfg, self.cfg = run, dataset, model_cfg, cfg
         self.corpus_info = corpus_info
@@ -198,7 +199,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.nan_steps = _nan_test_steps()
         self.test_signal = _test_signal()
-        self.budget_from: float | None = None  # see `train`
+        self.budget_from = budget_from  # see `train`
         self.chars_per_token = dataset.train.num_chars / max(1, dataset.train.num_tokens)
 
     # ----- budget -----
@@ -509,8 +510,7 @@ def train(
                 cfg = from_dict(TrainConfig, {**asdict(cfg), "batch_size": batch})
             model_cfg = ModelConfig(vocab_size=dataset.tokenizer.vocab_size, **model_settings)
             info = _corpus_info(corpus, val_corpus, dataset)
-            trainer = Trainer(run, dataset, model_cfg, cfg, info, report, ranks=ranks)
-            trainer.budget_from = budget_from
+            trainer = Trainer(run, dataset, model_cfg, cfg, info, report, ranks=ranks, budget_from=budget_from)
             if ranks.is_main:
                 config = {
                     "model": asdict(model_cfg),

@@ -172,18 +172,19 @@ def per_call_costs(hidden: int, calls: int = 20_000) -> dict[str, dict[str, floa
     gates, h, w = torch.randn(1, 4 * hidden), torch.randn(1, hidden), torch.randn(hidden, 4 * hidden)
     g, hn, wn = gates.numpy(), h.numpy(), w.numpy()
     with torch.inference_mode():
-        costs = {
-            "elementwise product of two gate slices": {
-                "numpy": timed(lambda: g[:, :hidden] * g[:, hidden : 2 * hidden]),
-                "torch": timed(lambda: gates[:, :hidden] * gates[:, hidden : 2 * hidden]),
-            },
-            f"{hidden}x{4 * hidden} matrix-vector product": {
-                "numpy": timed(lambda: hn @ wn),
-                "torch": timed(lambda: h @ w),
-            },
-        }
-    torch.set_num_threads(threads)
-    return costs
+        try:
+            return {
+                "elementwise product of two gate slices": {
+                    "numpy": timed(lambda: g[:, :hidden] * g[:, hidden : 2 * hidden]),
+                    "torch": timed(lambda: gates[:, :hidden] * gates[:, hidden : 2 * hidden]),
+                },
+                f"{hidden}x{4 * hidden} matrix-vector product": {
+                    "numpy": timed(lambda: hn @ wn),
+                    "torch": timed(lambda: h @ w),
+                },
+            }
+        finally:
+            torch.set_num_threads(threads)
 
 
 def bench_sampling(n: int = 4000) -> list[str]:
