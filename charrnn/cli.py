@@ -133,7 +133,7 @@ def train(
     """Train a model on CORPUS (or continue one with --resume)."""
     from charrnn import distributed
     from charrnn.config import TrainConfig, parse_duration
-    from charrnn.corpus import find_corpus
+    from charrnn.data.corpus import find_corpus
     from charrnn.display import console, train_report, train_summary
     from charrnn.train import resume as resume_run
     from charrnn.train import train as train_run
@@ -264,7 +264,7 @@ def sample(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
     """Generate text from a trained model."""
-    from charrnn.sampling import sample_run
+    from charrnn.sample.dispatch import sample_run
 
     sample_run(
         run,

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from charrnn.data import Split
+from charrnn.data.dataset import Split
+from charrnn.data.tokenizers import Tokenizer
 from charrnn.distributed import Ranks
 from charrnn.errors import CharrnnError
 from charrnn.model import RNNLanguageModel, State
-from charrnn.tokenizers import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -183,8 +183,8 @@ def _evaluate_run(
     ranks: Ranks,
 ) -> list[tuple[str, dict[str, Any]]]:
     from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, train_config_of
-    from charrnn.corpus import find_corpus
-    from charrnn.data import encode_text, prepare_dataset
+    from charrnn.data.corpus import find_corpus
+    from charrnn.data.dataset import encode_text, prepare_dataset
     from charrnn.devices import use_bf16
 
     payload = load_checkpoint(run)

@@ -17,8 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from charrnn.checkpoint import BEST, LAST, atomic_write
+from charrnn.checkpoint import BEST, LAST
 from charrnn.errors import CharrnnError
+from charrnn.files import atomic_write
 
 
 class RunDir:

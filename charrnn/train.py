@@ -28,8 +28,9 @@ import torch
 from charrnn import __version__, distributed
 from charrnn.checkpoint import load_checkpoint, save_checkpoint, train_config_of
 from charrnn.config import ModelConfig, TrainConfig, asdict, from_dict
-from charrnn.corpus import Corpus, find_corpus
-from charrnn.data import Dataset, Split, StreamBatcher, fit_batch_size, prepare_dataset, token_counts
+from charrnn.data.batcher import StreamBatcher, fit_batch_size, token_counts
+from charrnn.data.corpus import Corpus, find_corpus
+from charrnn.data.dataset import Dataset, Split, prepare_dataset
 from charrnn.devices import use_bf16
 from charrnn.distributed import Ranks
 from charrnn.errors import CharrnnError, Interrupted

@@ -109,7 +109,7 @@ def bare_step_rate(model_cfg: ModelConfig, batch: int, seq: int, steps: int) -> 
 
 def trainer_rate(text_path: Path, steps: int) -> float:
     """chars/s that charrnn's Trainer reaches on real text, median over its logging windows."""
-    from charrnn.corpus import find_corpus
+    from charrnn.data.corpus import find_corpus
     from charrnn.train import train
 
     cfg = TrainConfig(**PRESET["train"], max_steps=steps, eval_interval=10**9, log_interval=5, val_frac=0.01)
@@ -189,11 +189,12 @@ def per_call_costs(hidden: int, calls: int = 20_000) -> dict[str, dict[str, floa
 
 def bench_sampling(n: int = 4000) -> list[str]:
     """The CPU default model, one stream and batches: the numpy sampler (what `charrnn sample` runs on
-    the CPU), torch's `generate.sample` (the Python API, and what other devices run), a bare loop,
+    the CPU), torch's `torch_sampler.sample` (the Python API, and what other devices run), a bare loop,
     and what one call of each library costs at batch 1 (where the time of a step goes)."""
-    from charrnn.generate import SampleSettings, sample
-    from charrnn.generate_numpy import sample_numpy
-    from charrnn.tokenizers import train_tokenizer
+    from charrnn.data.tokenizers import train_tokenizer
+    from charrnn.sample.numpy_sampler import sample_numpy
+    from charrnn.sample.settings import SampleSettings
+    from charrnn.sample.torch_sampler import sample
 
     text = SHAKESPEARE.read_text() if SHAKESPEARE.is_file() else KJV.read_text()[:1_000_000]
     tok = train_tokenizer("char", text)
@@ -263,7 +264,7 @@ def bench_startup(run_dir: Path) -> list[str]:
 
 
 def bench_tokenize(megabytes: int = 100) -> list[str]:
-    from charrnn.tokenizers import train_tokenizer
+    from charrnn.data.tokenizers import train_tokenizer
 
     base = KJV.read_text()
     text = (base * (megabytes * 2**20 // len(base) + 1))[: megabytes * 2**20]
@@ -295,7 +296,7 @@ import json, resource, sys, time
 from pathlib import Path
 t0 = time.perf_counter()
 from charrnn.config import TrainConfig, preset_settings
-from charrnn.corpus import find_corpus
+from charrnn.data.corpus import find_corpus
 from charrnn.train import Report, train
 preset = preset_settings("cpu", "cpu")
 first = {}
@@ -347,7 +348,7 @@ import json, sys, time
 t0 = time.monotonic()
 from pathlib import Path
 from charrnn.config import TrainConfig, preset_settings
-from charrnn.corpus import find_corpus
+from charrnn.data.corpus import find_corpus
 from charrnn.train import train
 budget, reserve = float(sys.argv[2]), float(sys.argv[3])
 preset = preset_settings("cpu", "cpu")
@@ -363,9 +364,9 @@ print(json.dumps({"val": result.last_val, "seconds": time.monotonic() - t0, "ste
 
 def eval_seconds(val_chars: int) -> float:
     """How long the final full validation pass takes for the default model (measured, untimed run)."""
-    from charrnn.data import Split
+    from charrnn.data.dataset import Split
+    from charrnn.data.tokenizers import train_tokenizer
     from charrnn.evaluate import evaluate
-    from charrnn.tokenizers import train_tokenizer
 
     tok = train_tokenizer("char", SHAKESPEARE.read_text())
     model = RNNLanguageModel(ModelConfig(vocab_size=tok.vocab_size, **PRESET["model"]))
@@ -429,7 +430,7 @@ def main() -> None:
         section(bench_sampling())
     if "startup" in parts:
         with tempfile.TemporaryDirectory() as tmp:
-            from charrnn.corpus import find_corpus
+            from charrnn.data.corpus import find_corpus
             from charrnn.train import train
 
             cfg = TrainConfig(**PRESET["train"], max_steps=1, eval_interval=10**9)

@@ -65,10 +65,11 @@ def sync_time() -> float:
 def bench_sampling(device: str = "cuda", scale: float = 1.0) -> list[str]:
     """Sampling speed on the reference 3x512 LSTM. `--smoke` runs it on the CPU at a hundredth of
     the lengths, without CUDA graphs, to check the script before GPU time is spent on it."""
-    from charrnn import generate_triton
-    from charrnn.generate import SampleSettings, _Chooser, _GraphBlock, filter_logits, sample
+    from charrnn.data.tokenizers import train_tokenizer
     from charrnn.model import SingleStep
-    from charrnn.tokenizers import train_tokenizer
+    from charrnn.sample import triton_chooser as generate_triton
+    from charrnn.sample.settings import SampleSettings
+    from charrnn.sample.torch_sampler import _Chooser, _GraphBlock, filter_logits, sample
 
     tok = train_tokenizer("char", SHAKESPEARE.read_text())
     torch.manual_seed(0)
@@ -153,8 +154,8 @@ def bench_sampling(device: str = "cuda", scale: float = 1.0) -> list[str]:
 def _gpu_levers(fused_cell: bool, kernel_chooser: bool):
     """Inside, the sampler uses the fused cell kernel and the one-kernel chooser only where allowed
     (and where each passed its own check), never otherwise."""
-    from charrnn import generate_triton
     from charrnn.model import SingleStep
+    from charrnn.sample import triton_chooser as generate_triton
 
     matches, available = SingleStep.fused_cell_matches, generate_triton.available
     if not fused_cell:
@@ -172,7 +173,7 @@ def _gpu_levers(fused_cell: bool, kernel_chooser: bool):
 
 def bench_loop(steps: int = 40) -> list[str]:
     from charrnn.config import TrainConfig
-    from charrnn.corpus import find_corpus
+    from charrnn.data.corpus import find_corpus
     from charrnn.train import train
 
     m, t = GPU["model"], GPU["train"]
@@ -219,7 +220,7 @@ import json, sys, time
 t0 = time.monotonic()
 from pathlib import Path
 from charrnn.config import TrainConfig
-from charrnn.corpus import find_corpus
+from charrnn.data.corpus import find_corpus
 from charrnn.train import train
 spec, budget, reserve = json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 cfg = TrainConfig(**spec["train"], val_frac=0.1, max_time=budget - reserve,
@@ -231,9 +232,9 @@ print(json.dumps({"val": result.last_val, "seconds": time.monotonic() - t0, "ste
 
 
 def eval_seconds(spec: dict) -> float:
-    from charrnn.data import Split
+    from charrnn.data.dataset import Split
+    from charrnn.data.tokenizers import train_tokenizer
     from charrnn.evaluate import evaluate
-    from charrnn.tokenizers import train_tokenizer
 
     tok = train_tokenizer("char", SHAKESPEARE.read_text())
     model = RNNLanguageModel(ModelConfig(vocab_size=tok.vocab_size, **spec["model"])).cuda()

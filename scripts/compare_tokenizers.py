@@ -34,8 +34,8 @@ import typer
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.config import ModelConfig, TrainConfig, parse_duration
-from charrnn.corpus import find_corpus
-from charrnn.data import prepare_dataset
+from charrnn.data.corpus import find_corpus
+from charrnn.data.dataset import prepare_dataset
 from charrnn.devices import resolve_device
 from charrnn.errors import CharrnnError
 from charrnn.evaluate import evaluate

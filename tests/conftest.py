@@ -113,8 +113,8 @@ def checkpoint_payload(num_layers: int = 1) -> dict[str, Any]:
     """The contents of a small, valid checkpoint (char model, untrained weights)."""
     from charrnn.checkpoint import FORMAT, FORMAT_VERSION
     from charrnn.config import ModelConfig, TrainConfig, asdict
+    from charrnn.data.tokenizers import CharVocabCounter
     from charrnn.model import RNNLanguageModel
-    from charrnn.tokenizers import CharVocabCounter
 
     counter = CharVocabCounter()
     counter.update(CHECKPOINT_TEXT)

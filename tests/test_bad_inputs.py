@@ -25,7 +25,7 @@ from conftest import TINY, charrnn
 
 from charrnn import cli
 from charrnn.config import TrainConfig
-from charrnn.corpus import find_corpus
+from charrnn.data.corpus import find_corpus
 from charrnn.train import train
 
 MODEL = {"num_layers": 1, "hidden_size": 32, "embed_size": 16}

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from charrnn.config import TrainConfig
-from charrnn.corpus import find_corpus
-from charrnn.data import StreamBatcher, fit_batch_size, prepare_dataset, split_bounds, storage_dtype
+from charrnn.data.batcher import StreamBatcher, fit_batch_size
+from charrnn.data.corpus import find_corpus
+from charrnn.data.dataset import prepare_dataset, split_bounds, storage_dtype
 from charrnn.errors import CharrnnError
 
 
@@ -119,7 +120,7 @@ def test_invalid_utf8_names_file_and_offset(tmp_path) -> None:
 
 
 def test_invalid_utf8_offset_across_chunk_boundary(tmp_path, monkeypatch) -> None:
-    import charrnn.corpus as corpus_module
+    import charrnn.data.corpus as corpus_module
 
     monkeypatch.setattr(corpus_module, "CHUNK_BYTES", 4)
     path = tmp_path / "bad.txt"

@@ -24,7 +24,7 @@ from charrnn import checkpoint as checkpoint_module
 from charrnn import rundir as rundir_module
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from charrnn.config import TrainConfig
-from charrnn.corpus import find_corpus
+from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError
 from charrnn.train import resume, train
 

@@ -23,7 +23,7 @@ from conftest import TINY, charrnn
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import TrainConfig
-from charrnn.corpus import find_corpus
+from charrnn.data.corpus import find_corpus
 from charrnn.errors import Interrupted
 from charrnn.train import resume, train
 
@@ -78,7 +78,8 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> 
 
 def test_the_interruption_point_is_off_every_schedule(tmp_path: Path, text_file: Path) -> None:
     assert STOP_AT % CONFIG.log_interval and STOP_AT % CONFIG.eval_interval
-    from charrnn.data import StreamBatcher, prepare_dataset
+    from charrnn.data.batcher import StreamBatcher
+    from charrnn.data.dataset import prepare_dataset
 
     dataset = prepare_dataset(find_corpus([str(text_file)]), CONFIG)
     batcher = StreamBatcher(dataset.train.tokens, CONFIG.batch_size, CONFIG.seq_len)

@@ -22,12 +22,14 @@ from hypothesis import strategies as st
 from charrnn import cli
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from charrnn.config import ModelConfig, TrainConfig, asdict
-from charrnn.corpus import find_corpus
-from charrnn.data import StreamBatcher, fit_batch_size, prepare_dataset
+from charrnn.data.batcher import StreamBatcher, fit_batch_size
+from charrnn.data.corpus import find_corpus
+from charrnn.data.dataset import prepare_dataset
+from charrnn.data.tokenizers import ByteTokenizer, CharVocabCounter
 from charrnn.errors import CharrnnError
-from charrnn.generate import SampleSettings, sample
 from charrnn.model import RNNLanguageModel
-from charrnn.tokenizers import ByteTokenizer, CharVocabCounter
+from charrnn.sample.settings import SampleSettings
+from charrnn.sample.torch_sampler import sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -18,7 +18,7 @@ from conftest import TINY, charrnn
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.config import TrainConfig, asdict
-from charrnn.corpus import find_corpus
+from charrnn.data.corpus import find_corpus
 from charrnn.train import NONFINITE_LIMIT, Report, resume, train
 
 MODEL = {"num_layers": 1, "hidden_size": 32, "embed_size": 16}

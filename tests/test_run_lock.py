@@ -18,9 +18,10 @@ from conftest import TINY, charrnn
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.config import TrainConfig
-from charrnn.corpus import find_corpus
+from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError
-from charrnn.generate import SampleSettings, sample
+from charrnn.sample.settings import SampleSettings
+from charrnn.sample.torch_sampler import sample
 from charrnn.train import resume, train
 
 BIG = "1000000"

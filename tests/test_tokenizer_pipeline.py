@@ -25,14 +25,15 @@ from conftest import TINY, charrnn
 from charrnn import cli
 from charrnn.checkpoint import arrays_from_checkpoint, load_checkpoint, model_from_checkpoint, train_config_of
 from charrnn.config import ModelConfig
-from charrnn.corpus import find_corpus
-from charrnn.data import prepare_dataset
+from charrnn.data.corpus import find_corpus
+from charrnn.data.dataset import prepare_dataset
+from charrnn.data.tokenizers import Tokenizer, train_tokenizer
 from charrnn.evaluate import evaluate
-from charrnn.generate import SampleSettings, heal_prime, sample
-from charrnn.generate_numpy import sample_numpy
 from charrnn.model import RNNLanguageModel
-from charrnn.sampling import Healing
-from charrnn.tokenizers import Tokenizer, train_tokenizer
+from charrnn.sample.numpy_sampler import sample_numpy
+from charrnn.sample.settings import SampleSettings
+from charrnn.sample.text import Healing, heal_prime
+from charrnn.sample.torch_sampler import sample
 
 MULTILINGUAL = (
     "中文字符与日本語のテキスト、한국어 문장입니다.\n"

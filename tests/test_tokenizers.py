@@ -1,4 +1,4 @@
-"""Specification of charrnn.tokenizers: exact round trips, checkpoint states, streaming."""
+"""Specification of charrnn.data.tokenizers: exact round trips, checkpoint states, streaming."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import charrnn.tokenizers
-from charrnn.errors import CharrnnError
-from charrnn.tokenizers import (
+import charrnn.data.tokenizers
+from charrnn.data.tokenizers import (
     TOKENIZER_KINDS,
     CharTokenizer,
     CharVocabCounter,
@@ -22,6 +21,7 @@ from charrnn.tokenizers import (
     tokenizer_from_state,
     train_tokenizer,
 )
+from charrnn.errors import CharrnnError
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -157,7 +157,7 @@ def test_encoding_in_small_chunks_gives_the_same_ids(
 ) -> None:
     text = ENGLISH + NASTY_JOINED
     whole = tokenizers[kind].encode(text)
-    monkeypatch.setattr(charrnn.tokenizers, chunk_setting, 5)
+    monkeypatch.setattr(charrnn.data.tokenizers, chunk_setting, 5)
     assert torch.equal(tokenizers[kind].encode(text), whole)
 
 

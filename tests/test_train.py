@@ -13,7 +13,7 @@ import torch
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from charrnn.config import TrainConfig
-from charrnn.corpus import find_corpus
+from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError, Interrupted
 from charrnn.train import Report, lr_factor, resume, train
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from charrnn.config import ModelConfig
+from charrnn.data.tokenizers import train_tokenizer
 from charrnn.errors import CharrnnError
-from charrnn.generate import SampleSettings, filter_logits, sample
 from charrnn.model import RNNLanguageModel
-from charrnn.tokenizers import train_tokenizer
+from charrnn.sample.settings import SampleSettings
+from charrnn.sample.torch_sampler import filter_logits, sample
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 20
 
@@ -41,7 +42,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
 
 @pytest.mark.parametrize("top_k, top_p", [(3, 1.0), (0, 0.7), (4, 0.6), (0, 1.0)])
 def test_draws_stay_inside_the_filtered_set(top_k: int, top_p: float) -> None:
-    from charrnn.generate import _Chooser
+    from charrnn.sample.torch_sampler import _Chooser
 
     torch.manual_seed(0)
     logits = torch.randn(64, 20) * 2
@@ -58,7 +59,7 @@ def test_draws_stay_inside_the_filtered_set(top_k: int, top_p: float) -> None:
 
 
 def test_gumbel_draws_follow_the_softmax() -> None:
-    from charrnn.generate import _Chooser
+    from charrnn.sample.torch_sampler import _Chooser
 
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0]).repeat(20_000, 1)
     chooser = _Chooser(SampleSettings(temperature=1.0), 4, 20_000, torch.Generator().manual_seed(1))

@@ -24,9 +24,9 @@ path:
   top-k keeps the k largest logits; for top-p see `Chooser`.
 
 Everything about text (stop strings, lengths, streaming, token healing, output)
-is shared with the torch path in `sampling.py`. Batches of more than 64 streams
+is shared with the torch path (`settings.py`, `text.py`). Batches of more than 64 streams
 (torch's threaded kernels catch up as the batch grows) and other devices sample in
-`generate.py`.
+`torch_sampler.py`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from charrnn.config import ModelConfig
-from charrnn.sampling import BLOCK_CPU, Healing, SampleResult, SampleSettings, TextStream, deliver, start_ids
-from charrnn.tokenizers import Tokenizer
+from charrnn.data.tokenizers import Tokenizer
+from charrnn.sample.settings import BLOCK_CPU, SampleResult, SampleSettings
+from charrnn.sample.text import Healing, TextStream, deliver, start_ids
 
 F32 = np.float32
 PRIME_CHUNK = 4096  # prime tokens whose projections are held at once
@@ -234,7 +235,7 @@ def sample_numpy(
     on_text: Callable[[int, str], None] | None = None,
 ) -> SampleResult:
     """Generate `settings.num_samples` continuations of `prime` from a model's weights (as
-    `checkpoint.arrays_from_checkpoint` gives them). Same contract as `generate.sample`, token
+    `checkpoint.arrays_from_checkpoint` gives them). Same contract as `torch_sampler.sample`, token
     healing included: `on_text(stream, text)` gets text as it is made."""
     started = time.perf_counter()
     ids, unknown, healed = start_ids(tokenizer, prime)

@@ -14,11 +14,11 @@ import torch
 from conftest import TINY, charrnn
 
 from charrnn.config import ModelConfig
-from charrnn.generate import filter_logits, sample
-from charrnn.generate_numpy import Chooser, NumpyModel, sample_numpy
+from charrnn.data.tokenizers import ByteTokenizer, train_tokenizer
 from charrnn.model import RNNLanguageModel, SingleStep
-from charrnn.sampling import NUMPY_MAX_STREAMS, SampleSettings
-from charrnn.tokenizers import ByteTokenizer, train_tokenizer
+from charrnn.sample.numpy_sampler import Chooser, NumpyModel, sample_numpy
+from charrnn.sample.settings import NUMPY_MAX_STREAMS, SampleSettings
+from charrnn.sample.torch_sampler import filter_logits, sample
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 20
 
@@ -60,7 +60,7 @@ def test_priming_and_stepping_match_the_torch_model(cell: str, tie: bool) -> Non
 
 def test_a_prime_longer_than_a_chunk_primes_as_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
     """A long prime runs in chunks (bounded memory); the state carries across them exactly."""
-    import charrnn.generate_numpy as generate_numpy
+    import charrnn.sample.numpy_sampler as generate_numpy
 
     model = _model("lstm", layers=2)
     numpy_model = NumpyModel(model.cfg, _arrays(model))
@@ -220,20 +220,3 @@ def test_the_cli_sample_is_the_library_sample(char_run: Path) -> None:
     expected = sample_numpy(cfg, weights, tokenizer, "the ", settings).texts[0]
     done = charrnn("sample", str(char_run), "--prime", "the ", "--length", "60", "--seed", "11", "--temperature", "0.9")
     assert done.returncode == 0 and done.stdout == "the " + expected + "\n"
-
-
-def test_without_numpy_the_cli_samples_with_torch(
-    char_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """numpy is a dependency, but a torch installation without it must still sample."""
-    import importlib.util
-
-    from charrnn import cli, generate_numpy
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numpy" else find_spec(name, *a))
-    monkeypatch.setattr(generate_numpy, "sample_numpy", lambda *a, **k: pytest.fail("the numpy sampler ran"))
-    with pytest.raises(SystemExit) as exited:
-        cli.main(["sample", str(char_run), "--prime", "the ", "--length", "30", "--seed", "1"])
-    assert exited.value.code == 0
-    assert len(capsys.readouterr().out) == len("the ") + 30 + 1

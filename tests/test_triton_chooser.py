@@ -1,4 +1,4 @@
-"""Specification of charrnn.generate_triton, the one-kernel token chooser of the CUDA sampler.
+"""Specification of charrnn.sample.triton_chooser, the one-kernel token chooser of the CUDA sampler.
 
 The kernel runs here in Triton's CPU interpreter (TRITON_INTERPRET=1, which must be set before
 Triton is imported, hence a fresh Python per test); on a GPU, `_Chooser.for_device` checks it
@@ -20,9 +20,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 PRELUDE = """
 import torch
-from charrnn import generate_triton
-from charrnn.generate import _Chooser, filter_logits
-from charrnn.sampling import SampleSettings
+from charrnn.sample import triton_chooser as generate_triton
+from charrnn.sample.torch_sampler import _Chooser, filter_logits
+from charrnn.sample.settings import SampleSettings
 
 def gumbel(rows, vocab, seed):
     u = torch.rand(rows, vocab, generator=torch.Generator().manual_seed(seed)).clamp_(1e-10, 1 - 1e-7)
@@ -59,7 +59,7 @@ def test_the_kernel_picks_what_the_torch_chooser_picks() -> None:
 
 def test_the_chooser_runs_the_kernel_over_noise_for_the_whole_vocabulary() -> None:
     # Same noise, same token as the torch chooser (above), so the kernel's draws follow the same
-    # distribution as the torch chooser's, which tests/test_generate.py checks against the softmax.
+    # distribution as the torch chooser's, which tests/test_torch_sampler.py checks against the softmax.
     _interpreted(
         """
         chooser = _Chooser(SampleSettings(temperature=1.0, top_k=5, top_p=0.8), 66, 8, torch.Generator().manual_seed(3),
@@ -94,7 +94,7 @@ def test_the_kernel_compiles_for_an_h100() -> None:
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from charrnn import generate_triton
+from charrnn.sample import triton_chooser as generate_triton
 kernel = generate_triton._kernel()
 pointers = {"logits_ptr": "*fp32", "noise_ptr": "*fp32", "out_ptr": "*i64"}
 numbers = {"vocab": "i32", "logits_stride": "i32", "noise_stride": "i32", "top_k": "i32", "top_p": "fp32"}
@@ -115,8 +115,8 @@ for top_k, top_p, block in [(False, False, 128), (True, True, 128), (True, True,
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_a_gpu_the_sampler_chooses_with_the_kernel() -> None:
-    from charrnn.generate import _Chooser
-    from charrnn.sampling import SampleSettings
+    from charrnn.sample.settings import SampleSettings
+    from charrnn.sample.torch_sampler import _Chooser
 
     generator = torch.Generator(device="cuda").manual_seed(0)
     for settings in (SampleSettings(temperature=0.8), SampleSettings(top_k=10, top_p=0.9)):

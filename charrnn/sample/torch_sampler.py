@@ -7,12 +7,12 @@ Output is decoded incrementally, so what is handed to `on_text` is always
 valid text, even for a byte-level model in the middle of a multi-byte character.
 
 Token healing (`sampling.Healing`) and everything about text is shared with the
-numpy sampler in `sampling.py`.
+numpy sampler (`text.py`).
 
 On a GPU, where a step costs what its kernel launches cost, three things cut them:
 blocks of steps replay as one CUDA graph (`_GraphBlock`); each LSTM or GRU layer is
 two products and torch's fused cell kernel (`SingleStep`); and the token is chosen
-by one Triton kernel, whatever the top-k and top-p (`generate_triton.py`). Each of
+by one Triton kernel, whatever the top-k and top-p (`triton_chooser.py`). Each of
 the last two is used only after it matched the torch arithmetic it replaces.
 """
 
@@ -24,19 +24,11 @@ from collections.abc import Callable
 
 import torch
 
-from charrnn import generate_triton
+from charrnn.data.tokenizers import Tokenizer
 from charrnn.model import RNNLanguageModel, SingleStep, flat_state
-from charrnn.sampling import (  # noqa: F401 (heal_prime and SampleSettings: part of this module's API)
-    BLOCK_CPU,
-    Healing,
-    SampleResult,
-    SampleSettings,
-    TextStream,
-    deliver,
-    heal_prime,
-    start_ids,
-)
-from charrnn.tokenizers import Tokenizer
+from charrnn.sample import triton_chooser
+from charrnn.sample.settings import BLOCK_CPU, SampleResult, SampleSettings
+from charrnn.sample.text import Healing, TextStream, deliver, start_ids
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -70,7 +62,7 @@ class _Chooser:
         self.settings, self.batch, self.generator = settings, batch, generator
         self.width = settings.top_k if 0 < settings.top_k < vocab else vocab
         # On CUDA, one Triton kernel draws the token, whatever the top-k and top-p: the noise then
-        # covers the whole vocabulary (`generate_triton.py`).
+        # covers the whole vocabulary (`triton_chooser.py`).
         self.kernel = kernel
         if kernel:
             self.width = vocab
@@ -79,7 +71,7 @@ class _Chooser:
     def for_device(cls, settings: SampleSettings, vocab: int, batch: int, generator: torch.Generator) -> _Chooser:
         """The kernel chooser where it runs and agrees with the torch one (checked once), else the torch one."""
         chooser = cls(settings, vocab, batch, generator)
-        if generator.device.type != "cuda" or settings.temperature == 0 or not generate_triton.available(vocab):
+        if generator.device.type != "cuda" or settings.temperature == 0 or not triton_chooser.available(vocab):
             return chooser
         kernel = cls(settings, vocab, batch, generator, kernel=True)
         return kernel if _kernel_agrees(str(generator.device), vocab, settings.top_k, settings.top_p) else chooser
@@ -93,7 +85,7 @@ class _Chooser:
         logits[:, vocab // 3] = float("-inf")  # as a banned id is
         noise = _gumbel_(torch.rand(rows, vocab, device=device, generator=check))
         try:
-            got = generate_triton.choose(
+            got = triton_chooser.choose(
                 logits, noise, self.settings.top_k, self.settings.top_p, torch.empty_like(noise[:, 0], dtype=torch.long)
             )
         except Exception:  # noqa: BLE001 (a Triton or driver too old, a compile failure: keep the torch chooser)
@@ -118,7 +110,7 @@ class _Chooser:
             return torch.argmax(logits, dim=-1, out=out)
         if self.kernel:
             out = out if out is not None else torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
-            return generate_triton.choose(logits.contiguous(), gumbel, self.settings.top_k, self.settings.top_p, out)
+            return triton_chooser.choose(logits.contiguous(), gumbel, self.settings.top_k, self.settings.top_p, out)
         choice = self._torch_choice(logits, gumbel)
         return choice if out is None else out.copy_(choice)
 
