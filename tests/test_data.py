@@ -138,6 +138,31 @@ def test_binary_and_missing_files_are_refused(tmp_path) -> None:
         find_corpus([str(tmp_path / "missing.txt")])
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_wide_encodings_are_read_as_text_not_refused_as_binary(tmp_path, encoding) -> None:
+    # Every ASCII character of UTF-16 or UTF-32 text has NUL bytes beside it; none is a NUL character.
+    text = "Wide text: caf\u00e9, \u4e2d\u6587, \U0001f642.\n" * 50
+    path = tmp_path / "wide.txt"
+    path.write_bytes(text.encode(encoding))
+    corpus = find_corpus([str(path)], encoding=encoding)
+    assert corpus.read_text() == text
+    data = prepare_dataset(corpus, TrainConfig(val_frac=0.1))
+    assert data.train.num_chars + data.val.num_chars == len(text)
+
+
+def test_binary_files_are_still_refused_in_every_encoding(tmp_path) -> None:
+    binary = tmp_path / "x.bin"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00" * 8)
+    for encoding in ("utf-8", "latin-1", "utf-16-le", "utf-32-le"):
+        with pytest.raises(CharrnnError, match="looks like a binary file"):
+            find_corpus([str(binary)], encoding=encoding)
+    # A UTF-16 file read as UTF-8 is refused with a hint at --encoding.
+    wide = tmp_path / "wide.txt"
+    wide.write_text("plain words\n" * 10, encoding="utf-16")
+    with pytest.raises(CharrnnError, match="pass --encoding for UTF-16"):
+        find_corpus([str(wide)])
+
+
 def test_cache_file_holds_compact_ids(tmp_path, real_text) -> None:
     import os
     from pathlib import Path

@@ -30,6 +30,7 @@ from charrnn.errors import CharrnnError
 from charrnn.model import RNNLanguageModel
 from charrnn.sample.settings import SampleSettings
 from charrnn.sample.torch_sampler import sample
+from charrnn.train import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -59,7 +60,7 @@ def test_random_corpora_either_prepare_or_fail_cleanly(tmp_path: Path) -> None:
     @settings(FUZZ, max_examples=800)
     @given(
         data=corpus_bytes,
-        encoding=st.sampled_from(["utf-8", "latin-1", "utf-16", "ascii"]),
+        encoding=st.sampled_from(["utf-8", "latin-1", "utf-16", "utf-32", "ascii"]),
         tokenizer=st.sampled_from(["char", "byte"]),
         val_frac=st.sampled_from([0.0, 0.05, 0.5]),
         test_frac=st.sampled_from([0.0, 0.1]),
@@ -87,6 +88,34 @@ def test_random_corpora_either_prepare_or_fail_cleanly(tmp_path: Path) -> None:
 
     check()
     assert next(ran) >= 800
+
+
+def test_valid_text_in_wide_encodings_always_trains(tmp_path: Path) -> None:
+    """Random bytes read as UTF-16 are mostly refused, rightly; valid text encoded as UTF-16 or
+    UTF-32 never is: it prepares, batches and takes a training step."""
+    ran = itertools.count()
+    cache = tmp_path / "cache"
+    model_cfg = {"num_layers": 1, "hidden_size": 8, "embed_size": 4}
+
+    @settings(FUZZ, max_examples=60)
+    @given(
+        text=st.text(st.characters(codec="utf-8", exclude_characters="\0"), min_size=40, max_size=400).filter(
+            lambda t: len(set(t)) > 1
+        ),
+        encoding=st.sampled_from(["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"]),
+    )
+    def check(text: str, encoding: str) -> None:
+        run = tmp_path / f"run-{next(ran)}"
+        path = tmp_path / "corpus.txt"
+        path.write_bytes(text.encode(encoding))
+        corpus = find_corpus([str(path)], encoding=encoding)
+        assert corpus.read_text() == text
+        cfg = TrainConfig(val_frac=0.0, batch_size=2, seq_len=4, max_steps=1, device="cpu")
+        result = train(corpus, model_cfg, cfg, run, cache_dir=cache)
+        assert result.steps == 1 and result.train_loss is not None
+
+    check()
+    assert next(ran) >= 60
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,7 @@ def find_corpus(sources: Sequence[str], *, pattern: str = "*", encoding: str = "
     for path in files:
         if not os.access(path, os.R_OK):
             raise CharrnnError(f"cannot read {path}: permission denied")
-    _refuse_binary(files)
+    _refuse_binary(files, encoding)
     return Corpus(tuple(files), encoding)
 
 
@@ -134,13 +134,26 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _refuse_binary(files: Sequence[Path]) -> None:
-    """A NUL byte in the first 8 KiB marks a binary file (as git and grep decide)."""
+def _refuse_binary(files: Sequence[Path], encoding: str) -> None:
+    """A NUL character in the first 8 KiB marks a binary file (as git and grep decide from NUL bytes).
+
+    The check reads code points decoded with the corpus's encoding, not raw bytes: UTF-16 and
+    UTF-32 text is full of NUL bytes and holds no NUL character, while under UTF-8 or Latin-1 a
+    NUL byte is one. Undecodable bytes are left to the strict reading that follows.
+    """
     for path in files:
         with _open(path) as handle:
             head = handle.read(8192)
-        if b"\x00" in head:
-            raise CharrnnError(f"{path} looks like a binary file (it contains NUL bytes)")
+        decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        try:
+            text = decoder.decode(head, final=False)
+        except UnicodeError:  # e.g. UTF-16 without a byte-order mark: the strict reading reports it
+            continue
+        if "\x00" in text:
+            raise CharrnnError(
+                f"{path} looks like a binary file (it holds NUL characters read as {encoding}; "
+                "pass --encoding for UTF-16 or UTF-32 text)"
+            )
 
 
 _stdin_copy: Path | None = None
