@@ -184,7 +184,7 @@ def _evaluate_run(
 ) -> list[tuple[str, dict[str, Any]]]:
     from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, train_config_of
     from charrnn.data.corpus import find_corpus
-    from charrnn.data.dataset import encode_text, prepare_dataset
+    from charrnn.data.dataset import dataset_of_run, encode_text
     from charrnn.devices import use_bf16
 
     payload = load_checkpoint(run)
@@ -199,18 +199,10 @@ def _evaluate_run(
                 raise CharrnnError(f"{source} is empty")
             pieces.append((source, encode_text(tokenizer, text), text))
     else:
-        info = payload.get("corpus") or {}
-        cfg = train_config_of(payload)
         try:
-            corpus = find_corpus(info["files"], encoding=info.get("encoding", "utf-8"))
-            val_corpus = find_corpus(info["val_files"]) if info.get("val_files") else None
-        except (KeyError, TypeError):
-            raise CharrnnError("the checkpoint does not record its corpus: pass TEXT to evaluate on") from None
+            dataset = dataset_of_run(payload, train_config_of(payload))
         except CharrnnError as exc:
-            raise CharrnnError(f"the run's corpus is not readable ({exc}): pass TEXT to evaluate on") from None
-        dataset = prepare_dataset(corpus, cfg, val_corpus=val_corpus)
-        if dataset.corpus_hash != info.get("hash"):
-            raise CharrnnError("the run's corpus changed since training: pass TEXT to evaluate on")
+            raise CharrnnError(f"{exc}: pass TEXT to evaluate on") from None
         for name, split in (("val", dataset.val), ("test", dataset.test)):
             if split is not None:
                 pieces.append((name, split, None))

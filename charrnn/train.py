@@ -29,8 +29,8 @@ from charrnn import __version__, distributed
 from charrnn.checkpoint import load_checkpoint, save_checkpoint, train_config_of
 from charrnn.config import ModelConfig, TrainConfig, asdict, from_dict
 from charrnn.data.batcher import StreamBatcher, fit_batch_size, token_counts
-from charrnn.data.corpus import Corpus, find_corpus
-from charrnn.data.dataset import Dataset, Split, prepare_dataset
+from charrnn.data.corpus import Corpus
+from charrnn.data.dataset import Dataset, Split, dataset_of_run, prepare_dataset
 from charrnn.devices import use_bf16
 from charrnn.distributed import Ranks
 from charrnn.errors import CharrnnError, Interrupted
@@ -459,6 +459,7 @@ def _corpus_info(corpus: Corpus, val_corpus: Corpus | None, dataset: Dataset) ->
         "files": [str(p.resolve()) for p in corpus.files],
         "val_files": [str(p.resolve()) for p in val_corpus.files] if val_corpus else [],
         "encoding": corpus.encoding,
+        "val_encoding": val_corpus.encoding if val_corpus else None,
         "hash": dataset.corpus_hash,
         "chars": {
             "train": dataset.train.num_chars,
@@ -591,9 +592,7 @@ def resume(
             )
             if batch != cfg.batch_size:
                 cfg = from_dict(TrainConfig, {**asdict(cfg), "batch_size": batch})
-            dataset = _prepare_in_turn(
-                ranks, lambda: _dataset_for_resume(run, payload, cfg, model_cfg, cache_dir, report)
-            )
+            dataset = _prepare_in_turn(ranks, lambda: _dataset_to_resume(payload, cfg, cache_dir, report))
             trainer = Trainer(run, dataset, model_cfg, cfg, info, report, ranks=ranks)
             trainer.restore(payload)
             if ranks.is_main:
@@ -618,31 +617,12 @@ def _open_last(run: RunDir) -> dict[str, Any]:
         raise
 
 
-def _dataset_for_resume(
-    run: RunDir,
-    payload: dict[str, Any],
-    cfg: TrainConfig,
-    model_cfg: ModelConfig,
-    cache_dir: Path | None,
-    report: Report,
-) -> Dataset:
+def _dataset_to_resume(payload: dict[str, Any], cfg: TrainConfig, cache_dir: Path | None, report: Report) -> Dataset:
     """The run's own corpus, checked to be the text and tokenizer it was trained on."""
-    info = payload.get("corpus") or {}
     try:
-        corpus = find_corpus(info["files"], encoding=info.get("encoding", "utf-8"))
-        val_corpus = find_corpus(info["val_files"]) if info.get("val_files") else None
-    except (KeyError, TypeError):
-        raise CharrnnError(f"{run.last} does not record its corpus") from None
+        return dataset_of_run(payload, cfg, cache_dir=cache_dir, progress=report.on_message)
     except CharrnnError as exc:
-        raise CharrnnError(f"cannot resume: the run's corpus is gone ({exc})") from None
-    dataset = prepare_dataset(corpus, cfg, val_corpus=val_corpus, cache_dir=cache_dir, progress=report.on_message)
-    if dataset.corpus_hash != info.get("hash"):
-        raise CharrnnError("cannot resume: the corpus changed since the run started (its content hash differs)")
-    if dataset.tokenizer.to_state().get("kind") != payload["tokenizer"].get("kind") or (
-        dataset.tokenizer.vocab_size != model_cfg.vocab_size
-    ):
-        raise CharrnnError("cannot resume: the tokenizer differs from the one the run was trained with")
-    return dataset
+        raise CharrnnError(f"cannot resume: {exc}") from None
 
 
 def _fit(trainer: Trainer, handle_signals: bool) -> TrainResult:

@@ -15,6 +15,7 @@ from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, save_chec
 from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError, Interrupted
+from charrnn.evaluate import evaluate_run
 from charrnn.train import Report, lr_factor, resume, train
 
 SMALL_MODEL = dict(num_layers=1, hidden_size=64, embed_size=32, dropout_hidden=0.0, dropout_output=0.0)
@@ -73,6 +74,23 @@ def test_resume_refuses_a_changed_corpus(tmp_path: Path, corpus_file: Path) -> N
     corpus_file.write_text(corpus_file.read_text() + "more text")
     with pytest.raises(CharrnnError, match="corpus changed"):
         resume(tmp_path / "run", budget={"max_steps": 10})
+
+
+def test_resume_and_eval_read_the_validation_file_in_the_encoding_training_used(
+    tmp_path: Path, real_text: str
+) -> None:
+    corpus, held = tmp_path / "corpus.txt", tmp_path / "held.txt"
+    corpus.write_text(real_text + "caf\u00e9\n", encoding="latin-1")
+    held.write_text(real_text[:4000] + "caf\u00e9\n", encoding="latin-1")  # a lone 0xE9 byte is not UTF-8
+    read = lambda path: find_corpus([str(path)], encoding="latin-1")  # noqa: E731
+    train(read(corpus), SMALL_MODEL, _cfg(max_steps=5, val_frac=0.0), tmp_path / "run", val_corpus=read(held))
+
+    messages: list[str] = []
+    assert resume(tmp_path / "run", budget={"max_steps": 8}, report=Report(on_message=messages.append)).steps == 8
+    assert any("token cache hit" in m for m in messages), messages  # the same text and encoding: the same cache
+    own = dict(evaluate_run(tmp_path / "run", [], baselines=False, device="cpu"))["val"]
+    given = dict(evaluate_run(tmp_path / "run", [str(held)], encoding="latin-1", baselines=False, device="cpu"))
+    assert own == given[str(held)]
 
 
 def test_existing_run_is_not_overwritten(tmp_path: Path, corpus_file: Path) -> None:

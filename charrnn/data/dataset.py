@@ -27,11 +27,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from charrnn.config import TrainConfig
-from charrnn.data.corpus import Corpus
+from charrnn.data.corpus import Corpus, find_corpus
 from charrnn.data.tokenizers import CharVocabCounter, Tokenizer, tokenizer_from_state, train_tokenizer
 from charrnn.errors import CharrnnError
 
@@ -300,6 +301,41 @@ def _build_cache(
     meta_tmp.write_text(json.dumps(meta))
     os.replace(meta_tmp, meta_path)
     return meta
+
+
+def dataset_of_run(
+    payload: dict[str, Any],
+    cfg: TrainConfig,
+    *,
+    cache_dir: Path | None = None,
+    progress: Progress = lambda message: None,
+) -> Dataset:
+    """The dataset a run trained on, rebuilt from what its checkpoint `payload` records of its corpus.
+
+    The corpus and the validation files are read with the encodings training read them with, so
+    the splits are the same text and the token cache (keyed by the text and its encoding) is hit.
+    Refused with a one-line CharrnnError when the files are gone, hold other text (their content
+    hash differs), or give another tokenizer than the checkpoint's.
+    """
+    info = payload.get("corpus") or {}
+    try:
+        encoding = info.get("encoding", "utf-8")
+        corpus = find_corpus(info["files"], encoding=encoding)
+        val_files = info.get("val_files")
+        # Runs written before the validation encoding was recorded read both with --encoding.
+        val_corpus = find_corpus(val_files, encoding=info.get("val_encoding", encoding)) if val_files else None
+    except (KeyError, TypeError, AttributeError):
+        raise CharrnnError("the checkpoint does not record its corpus") from None
+    except CharrnnError as exc:
+        raise CharrnnError(f"the run's corpus is gone ({exc})") from None
+    dataset = prepare_dataset(corpus, cfg, val_corpus=val_corpus, cache_dir=cache_dir, progress=progress)
+    if dataset.corpus_hash != info.get("hash"):
+        raise CharrnnError("the corpus changed since the run started (its content hash differs)")
+    saved_kind = (payload.get("tokenizer") or {}).get("kind")
+    saved_vocab = (payload.get("model_config") or {}).get("vocab_size")
+    if dataset.tokenizer.to_state().get("kind") != saved_kind or dataset.tokenizer.vocab_size != saved_vocab:
+        raise CharrnnError("the tokenizer differs from the one the run was trained with")
+    return dataset
 
 
 def encode_text(tokenizer: Tokenizer, text: str) -> Split:
