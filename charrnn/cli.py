@@ -1,38 +1,42 @@
 """The `charrnn` command: thin Typer wrappers over the library.
 
-Each command parses its options, builds a config, calls one library function
-and renders the result. Errors meant for users (`CharrnnError`) and bad
-command lines print one line on stderr and exit 1 or 2; `--debug` shows the
-traceback instead.
+Each command parses its options, calls one library function and renders the result. `train` is
+built from the option table in `charrnn.options` (the one `charrnn.train` checks its keywords
+against) and calls `charrnn.runs.train`. Errors meant for users (`CharrnnError`) and bad command
+lines print one line on stderr and exit 1 or 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-try:  # Typer >= 0.22 carries its own copy of click; older releases use click itself
-    from typer._click import exceptions as click_errors
-except ImportError:
-    from click import exceptions as click_errors
-
 from charrnn import __version__
 from charrnn.errors import CharrnnError, Interrupted
+from charrnn.options import CORPUS, DURATION, FILES, OPTIONS, Option, resume_applies
+
+if TYPE_CHECKING:
+    from charrnn.runs import Run
+
+# Typer exports click's BadParameter but not its bases, and since typer 0.22 they live in typer's
+# own copy of click rather than in click: reach them through the public name, whichever it is.
+_CLICK_ERRORS = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+UsageError: type[Exception] = _CLICK_ERRORS["UsageError"]
+ClickException: type[Exception] = _CLICK_ERRORS["ClickException"]
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",  # rich draws the help panels; help texts are escaped, so [preset] shows as written
     help="Train character-level recurrent language models on your own text, evaluate them, sample from them.",
 )
 
-DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "corpora" / "kjv.txt"
 _debug = False
 _argv: list[str] = []  # the command line as given, for `train --nproc` to hand on to torchrun
 
@@ -54,157 +58,104 @@ def _root(
     _debug = debug
 
 
+# ----- train: its parameters come from the option table -----
+
+_CLI_TYPES: dict[Any, Any] = {FILES: list[str], DURATION: str}
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")  # rich markup would take "[preset]" for a style tag
+
+
+def _typer_parameter(option: Option) -> inspect.Parameter:
+    annotation = _CLI_TYPES.get(option.type, option.type)
+    if option.default is None:
+        annotation = Optional[annotation]
+    text = option.help + (" [preset]" if option.preset else "")
+    info = typer.Option(*option.flags, help=_escape(text), rich_help_panel=option.panel)
+    return inspect.Parameter(
+        option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default, annotation=Annotated[annotation, info]
+    )
+
+
+def _train_signature() -> inspect.Signature:
+    corpus = typer.Argument(help=_escape(CORPUS.help), metavar="CORPUS", show_default=False)
+    return inspect.Signature(
+        [
+            inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+            inspect.Parameter(
+                "corpus",
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=None,
+                annotation=Annotated[Optional[list[str]], corpus],
+            ),
+            *map(_typer_parameter, OPTIONS),
+        ]
+    )
+
+
+def _given(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The options typed on the command line (not left at their defaults)."""
+    given = {}
+    for name, value in values.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given[name] = value
+    return given
+
+
+def _show_summary(run: Run) -> None:
+    from charrnn import distributed
+
+    if run.summary is None or run.options.get("quiet") or not distributed.is_main_process():
+        return  # under torchrun only rank 0 reports
+    from charrnn.display import console, train_summary
+
+    console.print(train_summary(run.summary))
+
+
+def train(ctx: typer.Context, corpus: Optional[list[str]] = None, **values: Any) -> None:
+    from charrnn import distributed
+    from charrnn.runs import train as train_run
+
+    given = _given(ctx, values)
+    if values["nproc"] is not None:  # this process becomes torchrun, which runs this command N times
+        announce = None if values["quiet"] else lambda line: print(f"running: {line}")
+        distributed.relaunch(values["nproc"], _argv, announce=announce)
+    run, resume = given.pop("run", None), given.pop("resume", None)
+    result = train_run(corpus or None, run=run, resume=resume or False, progress=True, handle_signals=True, **given)
+    _show_summary(result)
+
+
+train.__signature__ = _train_signature()  # type: ignore[attr-defined]
+train.__doc__ = (
+    "Train a model on CORPUS (or continue one with --resume).\n\n"
+    f"With --resume only {', '.join(resume_applies())} may be given: the budget, and what is safe "
+    "to change halfway. Every other option is fixed when the run starts, and is refused."
+)
+app.command()(train)
+
+
 @app.command()
-def train(
-    corpus: Annotated[
-        Optional[list[str]],
+def convert(
+    path: Annotated[
+        Path, typer.Argument(help="A charrnn 0.1 checkpoint (.pt), or a run directory: all of its .pt files.")
+    ],
+    out: Annotated[
+        Optional[Path],
         typer.Argument(
-            help="Text files, directories or - for stdin (default: the bundled corpus).", show_default=False
+            help="Where to write one file's conversion (default: beside it, as .safetensors).", show_default=False
         ),
     ] = None,
-    run: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<corpus>-<time>).")] = None,
-    resume: Annotated[
-        Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")
-    ] = None,
-    glob: Annotated[str, typer.Option(help="Filename pattern for directories.")] = "*",
-    encoding: Annotated[str, typer.Option(help="Text encoding of the corpus.")] = "utf-8",
-    val_file: Annotated[Optional[list[str]], typer.Option(help="Validation text instead of --val-frac.")] = None,
-    val_frac: Annotated[float, typer.Option(help="Fraction of the text (its end) held out for validation.")] = 0.05,
-    test_frac: Annotated[float, typer.Option(help="Fraction held out for testing (after validation).")] = 0.0,
-    preset: Annotated[
-        str, typer.Option(help="Defaults for the options marked [preset]: auto (gpu on CUDA, else cpu), cpu or gpu.")
-    ] = "auto",
-    tokenizer: Annotated[str, typer.Option(help="char, byte, bpe or unigram.")] = "char",
-    vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size for bpe/unigram.")] = None,
-    cell: Annotated[Optional[str], typer.Option(help="lstm, gru or rnn [preset].")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Stacked RNN layers [preset].")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer [preset].")] = None,
-    embed: Annotated[Optional[int], typer.Option(help="Embedding size [preset].")] = None,
-    dropout: Annotated[
-        Optional[float], typer.Option(help="Sets --dropout-hidden and --dropout-output together.")
-    ] = None,
-    dropout_embed: Annotated[Optional[float], typer.Option(help="Dropout on embeddings [preset].")] = None,
-    dropout_hidden: Annotated[Optional[float], typer.Option(help="Dropout between RNN layers [preset].")] = None,
-    dropout_output: Annotated[Optional[float], typer.Option(help="Dropout before the output layer [preset].")] = None,
-    tie: Annotated[
-        Optional[bool], typer.Option("--tie/--no-tie", help="Tie input and output embeddings [preset].")
-    ] = None,
-    weight_drop: Annotated[
-        Optional[float], typer.Option(help="DropConnect on hidden-to-hidden weights, AWD-LSTM style [preset].")
-    ] = None,
-    batch_size: Annotated[
-        Optional[int], typer.Option(help="Parallel streams per step, per process under torchrun [preset].")
-    ] = None,
-    seq_len: Annotated[
-        Optional[int], typer.Option(help="Tokens per stream per step, the BPTT length [preset].")
-    ] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of AdamW [preset].")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay on matrices [preset].")] = None,
-    warmup: Annotated[Optional[int], typer.Option(help="Warmup steps [preset].")] = None,
-    schedule: Annotated[str, typer.Option(help="cosine or constant.")] = "cosine",
-    min_lr_frac: Annotated[float, typer.Option(help="Cosine floor as a fraction of --lr.")] = 0.05,
-    grad_clip: Annotated[float, typer.Option(help="Global gradient-norm clip (0 = off).")] = 1.0,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
-    max_epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the text.")] = None,
-    max_time: Annotated[Optional[str], typer.Option(help="Stop after this long, e.g. 90s, 5m, 2h.")] = None,
-    eval_interval: Annotated[int, typer.Option(help="Steps between validation passes.")] = 200,
-    eval_tokens: Annotated[
-        int, typer.Option(help="Validation tokens scored during training (0 = the whole split).")
-    ] = 1_000_000,
-    eval_streams: Annotated[
-        int, typer.Option(help="Validation pieces scored side by side (1 = exact); torchrun ranks share them.")
-    ] = 1,
-    patience: Annotated[
-        Optional[int], typer.Option(help="Stop after this many evaluations without improvement.")
-    ] = None,
-    log_interval: Annotated[int, typer.Option(help="Steps between progress updates.")] = 20,
-    save_interval: Annotated[
-        Optional[int], typer.Option(help="Steps between saves of last.pt (default: each evaluation).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 1337,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32 or bf16.")] = "auto",
-    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
-    nproc: Annotated[
-        Optional[int],
-        typer.Option(help="Train data-parallel on this many processes of this machine (starts torchrun)."),
-    ] = None,
 ) -> None:
-    """Train a model on CORPUS (or continue one with --resume)."""
-    from charrnn import distributed
-    from charrnn.config import TrainConfig, parse_duration
-    from charrnn.data.corpus import find_corpus
-    from charrnn.display import console, train_report, train_summary
-    from charrnn.train import resume as resume_run
-    from charrnn.train import train as train_run
+    """Rewrite charrnn 0.1 (.pt) checkpoints as .safetensors files."""
+    from charrnn.checkpoint import convert as convert_checkpoints
 
-    if nproc is not None:
-        distributed.relaunch(nproc, _argv, announce=None if quiet else lambda line: print(f"running: {line}"))
-    quiet = quiet or not distributed.is_main_process()  # under torchrun only rank 0 reports
-    seconds = parse_duration(max_time) if max_time is not None else None
-    report = train_report(quiet=quiet)
-    if resume is not None:
-        if corpus:
-            raise CharrnnError("--resume continues the run's own corpus: give no CORPUS with it")
-        budget = {"max_steps": max_steps, "max_epochs": max_epochs, "max_time": seconds}
-        result = resume_run(resume, budget=budget, report=report, handle_signals=True)
-    else:
-        sources = corpus or [str(DEFAULT_CORPUS)]
-        if not corpus and not DEFAULT_CORPUS.is_file():
-            raise CharrnnError("no corpus given and the bundled default corpus is not installed: pass a text file")
-        if dropout is not None:
-            dropout_hidden = dropout_output = dropout
-        from charrnn.config import ModelConfig, preset_settings
-        from charrnn.devices import resolve_device
-
-        chosen = preset_settings(preset, resolve_device(device).type)
-        given_model = dict(
-            cell=cell,
-            num_layers=layers,
-            hidden_size=hidden,
-            embed_size=embed,
-            dropout_embed=dropout_embed,
-            dropout_hidden=dropout_hidden,
-            dropout_output=dropout_output,
-            tie_weights=tie,
-            weight_drop=weight_drop,
-        )
-        given_train = dict(
-            batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay, warmup_steps=warmup
-        )
-        model_settings = {**chosen["model"], **{k: v for k, v in given_model.items() if v is not None}}
-        train_settings = {**chosen["train"], **{k: v for k, v in given_train.items() if v is not None}}
-        cfg = TrainConfig(
-            tokenizer=tokenizer,
-            vocab_size=vocab_size,
-            val_frac=0.0 if val_file else val_frac,
-            test_frac=test_frac,
-            schedule=schedule,
-            min_lr_frac=min_lr_frac,
-            grad_clip=grad_clip,
-            max_steps=max_steps,
-            max_epochs=max_epochs,
-            max_time=seconds,
-            eval_interval=eval_interval,
-            eval_tokens=eval_tokens or None,
-            eval_streams=eval_streams,
-            patience=patience,
-            log_interval=log_interval,
-            save_interval=save_interval,
-            seed=seed,
-            device=device,
-            precision=precision,
-            **train_settings,
-        )
-        ModelConfig(vocab_size=2, **model_settings)  # refuse bad sizes before reading any text
-        found = find_corpus(sources, pattern=glob, encoding=encoding)
-        val_corpus = find_corpus(val_file, encoding=encoding) if val_file else None
-        if run is None:
-            stem = Path(sources[0]).stem if sources[0] != "-" else "stdin"
-            run = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        result = train_run(found, model_settings, cfg, run, val_corpus=val_corpus, report=report, handle_signals=True)
-    if not quiet:
-        console.print(train_summary(result))
+    converted = convert_checkpoints(path, out)
+    for old, new in converted:
+        print(f"{old} -> {new}")
+    if not converted:
+        print(f"{path}: nothing to convert")
 
 
 @app.command("eval")
@@ -264,22 +215,61 @@ def sample(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
     """Generate text from a trained model."""
-    from charrnn.sample.dispatch import sample_run
+    import os
+    import time
+    import warnings
 
-    sample_run(
-        run,
-        prime=prime,
-        prime_file=prime_file,
-        length=length,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        num_samples=num_samples,
-        stop=tuple(stop or ()),
-        output=output,
-        device=device,
-    )
+    import charrnn
+    from charrnn.inference import CharrnnWarning
+
+    if output is not None:  # an unusable --output is refused before any time goes into generating
+        folder = output.parent
+        if not folder.is_dir():
+            raise CharrnnError(f"cannot write {output}: directory {folder} does not exist")
+        if output.is_dir():
+            raise CharrnnError(f"cannot write {output}: it is a directory")
+        if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+            raise CharrnnError(f"cannot write {output}: permission denied")
+    if prime_file is not None:
+        if prime:
+            raise CharrnnError("give --prime or --prime-file, not both")
+        from charrnn.data.corpus import find_corpus
+
+        prime = find_corpus([str(prime_file)]).read_text()
+    settings = dict(length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or ())
+    model = charrnn.load(run, device)
+    live = output is None and num_samples == 1  # one sample to the terminal: shown as it is made
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", CharrnnWarning)
+        if live:
+            pieces = model.stream(prime, **settings)
+        else:
+            made = model.generate(prime, num_samples=num_samples, **settings)
+    if live:
+        sys.stdout.write(prime)
+        flushed = 0.0  # the first piece is flushed at once, later ones at most every 50 ms
+        for piece in pieces:
+            sys.stdout.write(piece)
+            if time.perf_counter() - flushed > 0.05:
+                sys.stdout.flush()
+                flushed = time.perf_counter()
+        sys.stdout.write("\n")
+    else:
+        texts = [prime + text for text in (made if isinstance(made, list) else [made])]
+        blocks = "\n".join(f"----- sample {i} -----\n{text}\n" for i, text in enumerate(texts, start=1))
+        if output is None:
+            sys.stdout.write(blocks)
+        else:
+            from charrnn.files import atomic_write
+
+            body = texts[0] if len(texts) == 1 else blocks
+            atomic_write(output, lambda handle: handle.write(body.encode("utf-8")))
+    sys.stdout.flush()
+    for note in notes:
+        if issubclass(note.category, CharrnnWarning):
+            print(f"charrnn: note: {note.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(note.message, note.category, note.filename, note.lineno)
 
 
 def _fail(message: str, code: int) -> None:
@@ -299,15 +289,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         _fail("aborted", 130)
-    except click_errors.UsageError as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
-            print(exc.ctx.get_help())
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            if exc.format_message():  # the help text; with rich markup it was printed already
+                print(exc.format_message())
             sys.exit(0)
         if _debug:
             raise
         where = f"{exc.ctx.command_path}: " if exc.ctx else ""
         _fail(f"{where}{exc.format_message()} (see --help)", 2)
-    except click_errors.ClickException as exc:
+    except ClickException as exc:
         _fail(exc.format_message(), exc.exit_code or 1)
     except CharrnnError as exc:
         if _debug:
@@ -328,3 +319,54 @@ def main(argv: list[str] | None = None) -> None:
         if _debug:
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+
+
+# ----- looking at runs: `plot` and `runs` (issue 12) -----
+
+
+def _console(pipe_width: int) -> Any:
+    """A rich console for plots and tables: the terminal's width, or `pipe_width` in a pipe or log."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else pipe_width)
+
+
+@app.command()
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories.", show_default=False)],
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Figure file, .png, .svg or .pdf (default: curves.png, none with --term)."),
+    ] = None,
+    x: Annotated[str, typer.Option("--x", help="x axis: step, time, or chars (characters trained on).")] = "step",
+    term: Annotated[bool, typer.Option("--term", help="Draw the curves in the terminal.")] = False,
+) -> None:
+    """Draw the train and validation loss of runs in bits per character, with gzip and xz for reference."""
+    from charrnn.plot import load_curves, plot_runs
+
+    if term:
+        from charrnn.termplot import terminal_figure
+
+        console = _console(100)
+        console.print(terminal_figure(load_curves(runs, x), x, width=min(console.width, 120), height=20))
+        if output is None:
+            return
+    print(f"wrote {plot_runs(runs, output or Path('curves.png'), x=x)}")
+
+
+@app.command("runs")
+def runs_(
+    directory: Annotated[Path, typer.Argument(help="A directory of runs.")] = Path("runs"),
+    sort: Annotated[str, typer.Option(help="val (best first), created (newest first), name or steps.")] = "val",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List every run in DIRECTORY: corpus, size, steps, time, best validation bits per character, status."""
+    from charrnn.runs_table import list_runs, runs_table
+
+    rows = list_runs(directory, sort=sort)
+    if as_json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+    elif not rows:
+        print(f"no runs in {directory}")
+    else:
+        _console(160).print(runs_table(rows, f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {directory}"))

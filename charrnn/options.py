@@ -1,0 +1,235 @@
+"""Every option of `charrnn train`, in one table that both the command line and the Python API read.
+
+`charrnn.cli` builds the `train` command's parameters from `OPTIONS` (names, types, defaults, help
+text, help panels); `charrnn.runs.train` checks its keyword options against the same table, and so
+do the keys of a `--config` TOML file. An option is "given" when it was passed (a flag typed on the
+command line, a keyword argument, a key in the config file); only given options count when a
+preset fills in defaults or when `--resume` decides what it may change.
+
+This module imports neither torch nor typer: it is plain data and the checks on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from charrnn.config import parse_duration
+from charrnn.errors import CharrnnError
+
+# Help panels of `charrnn train --help`, in the order they are shown; None is Typer's "Options".
+DATA, MODEL, OPTIMISATION = "Data", "Model", "Optimisation"
+BUDGET, OUTPUT, DEVICES = "Budget and evaluation", "Output", "Devices"
+PANELS = (DATA, MODEL, OPTIMISATION, BUDGET, OUTPUT, DEVICES)
+
+# What `--resume` does with an option that is given: REFUSED ones are fixed when a run starts (the
+# model, the data, the optimiser's settings); APPLIED ones (the budget, and what is safe to change
+# halfway: devices, intervals, patience) hold for the rest of the run.
+REFUSED, APPLIED = "refused", "applied"
+
+DURATION = "duration"  # the type of --max-time: "90s", "2m", "1.5h" on the command line, or seconds
+FILES = "files"  # one path or a list of them (a repeatable option)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of `charrnn train`: `name` is its Python keyword, `--name-with-dashes` its flag."""
+
+    name: str
+    type: Any  # int, float, str, bool, Path, DURATION or FILES
+    default: Any
+    field: str | None  # where config.json records it: "model.<ModelConfig field>", "train.<TrainConfig field>"
+    help: str
+    preset: bool = False  # default None: the preset (cpu or gpu) supplies the value
+    on_resume: str = REFUSED
+    flags: tuple[str, ...] = ()  # the command-line spelling when it is not the plain --name
+    panel: str | None = None  # set by _panel
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _panel(panel: str, *options: Option) -> tuple[Option, ...]:
+    return tuple(dataclasses.replace(option, panel=panel) for option in options)
+
+
+# One option a line: name, type, default, where config.json records it, help; then its marks.
+# fmt: off
+OPTIONS: tuple[Option, ...] = (
+    Option("config", Path, None, None, "Read options from this TOML file; flags given here override it.", on_resume=APPLIED),
+    *_panel(DATA,
+        Option("glob", str, "*", None, "Filename pattern for directories."),
+        Option("encoding", str, "utf-8", None, "Text encoding of the corpus."),
+        Option("val_file", FILES, None, None, "Validation text instead of --val-frac."),
+        Option("val_frac", float, 0.05, "train.val_frac", "Fraction of the text (its end) held out for validation."),
+        Option("test_frac", float, 0.0, "train.test_frac", "Fraction held out for testing (after validation)."),
+        Option("tokenizer", str, "char", "train.tokenizer", "char, byte, bpe or unigram."),
+        Option("vocab_size", int, None, "train.vocab_size", "Vocabulary size for bpe/unigram."),
+    ),
+    *_panel(MODEL,
+        Option("preset", str, "auto", None, "Defaults for the options marked [preset]: auto (gpu on CUDA, else cpu), cpu or gpu."),
+        Option("cell", str, None, "model.cell", "lstm, gru or rnn.", preset=True),
+        Option("layers", int, None, "model.num_layers", "Stacked RNN layers.", preset=True),
+        Option("hidden", int, None, "model.hidden_size", "Hidden units per layer.", preset=True),
+        Option("embed", int, None, "model.embed_size", "Embedding size.", preset=True),
+        Option("dropout", float, None, None, "Sets --dropout-hidden and --dropout-output together."),
+        Option("dropout_embed", float, None, "model.dropout_embed", "Dropout on embeddings.", preset=True),
+        Option("dropout_hidden", float, None, "model.dropout_hidden", "Dropout between RNN layers.", preset=True),
+        Option("dropout_output", float, None, "model.dropout_output", "Dropout before the output layer.", preset=True),
+        Option("tie", bool, None, "model.tie_weights", "Tie input and output embeddings.", preset=True, flags=("--tie/--no-tie",)),
+        Option("weight_drop", float, None, "model.weight_drop", "DropConnect on hidden-to-hidden weights, AWD-LSTM style.", preset=True),
+    ),
+    *_panel(OPTIMISATION,
+        Option("batch_size", int, None, "train.batch_size", "Parallel streams per step, per process under torchrun.", preset=True),
+        Option("seq_len", int, None, "train.seq_len", "Tokens per stream per step, the BPTT length.", preset=True),
+        Option("lr", float, None, "train.lr", "Peak learning rate of AdamW.", preset=True),
+        Option("weight_decay", float, None, "train.weight_decay", "AdamW weight decay on matrices.", preset=True),
+        Option("warmup", int, None, "train.warmup_steps", "Warmup steps.", preset=True),
+        Option("schedule", str, "cosine", "train.schedule", "cosine or constant."),
+        Option("min_lr_frac", float, 0.05, "train.min_lr_frac", "Cosine floor as a fraction of --lr."),
+        Option("grad_clip", float, 1.0, "train.grad_clip", "Global gradient-norm clip (0 = off)."),
+        Option("seed", int, 1337, "train.seed", "Random seed."),
+    ),
+    *_panel(BUDGET,
+        Option("max_steps", int, None, "train.max_steps", "Stop after this many steps.", on_resume=APPLIED),
+        Option("max_epochs", float, None, "train.max_epochs", "Stop after this many passes over the text.", on_resume=APPLIED),
+        Option("max_time", DURATION, None, "train.max_time", "Stop after this long, e.g. 90s, 5m, 2h.", on_resume=APPLIED),
+        Option("eval_interval", int, 200, "train.eval_interval", "Steps between validation passes."),
+        Option("eval_tokens", int, 1_000_000, "train.eval_tokens", "Validation tokens scored during training (0 = the whole split)."),
+        Option("eval_streams", int, 1, "train.eval_streams", "Validation pieces scored side by side (1 = exact); torchrun ranks share them."),
+        Option("patience", int, None, "train.patience", "Stop after this many evaluations without improvement.", on_resume=APPLIED),
+    ),
+    *_panel(OUTPUT,
+        Option("run", Path, None, None, "Run directory (default: runs/<corpus>-<time>)."),
+        Option("resume", Path, None, None, "Continue the run in this directory from its last checkpoint.", on_resume=APPLIED),
+        Option("log_interval", int, 20, "train.log_interval", "Steps between progress updates.", on_resume=APPLIED),
+        Option("save_interval", int, None, "train.save_interval", "Steps between saves of the last checkpoint (default: each evaluation).", on_resume=APPLIED),
+        Option("quiet", bool, False, None, "No progress output.", on_resume=APPLIED),
+    ),
+    *_panel(DEVICES,
+        Option("device", str, "auto", "train.device", "auto, cpu, cuda, cuda:N or mps.", on_resume=APPLIED),
+        Option("precision", str, "auto", "train.precision", "auto (bf16 on CUDA), fp32 or bf16."),
+        Option("nproc", int, None, None, "Train data-parallel on this many processes of this machine (starts torchrun).", on_resume=APPLIED),
+    ),
+)
+# fmt: on
+
+BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+CORPUS = Option("corpus", FILES, None, None, "Text files, directories or - for stdin (default: the bundled corpus).")
+
+# `run` and `resume` are parameters of `charrnn.runs.train` itself, not among its **options.
+API_PARAMETERS = ("run", "resume")
+KEYWORDS = tuple(name for name in BY_NAME if name not in API_PARAMETERS)
+# A config file may hold any option but `config` and `resume`, and the corpus (CORPUS on the command line).
+FILE_KEYS = ("corpus", *(name for name in BY_NAME if name not in ("config", "resume")))
+
+
+def defaults() -> dict[str, Any]:
+    return {option.name: option.default for option in OPTIONS}
+
+
+def resume_applies() -> list[str]:
+    """The flags `--resume` applies (all the others are fixed when a run starts)."""
+    return [
+        option.flag for option in OPTIONS if option.on_resume == APPLIED and option.name not in ("config", "resume")
+    ]
+
+
+def refused_on_resume(given: Iterable[str]) -> list[str]:
+    return [BY_NAME[name].flag for name in given if name in BY_NAME and BY_NAME[name].on_resume == REFUSED]
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _kind(type_: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
+    return names.get(type_, "a duration such as 90s, 2m or 1.5h, or seconds" if type_ == DURATION else "paths")
+
+
+def check_value(option: Option, value: Any, where: str) -> Any:
+    """`value` as the option holds it (an int, float, str, bool, Path, seconds or list of str),
+    or a CharrnnError naming `where` (the flag, keyword or config key) and what it must be."""
+    if value is None and option.default is None:
+        return None
+    type_ = option.type
+    if type_ is bool and isinstance(value, bool):
+        return value
+    if type_ is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if type_ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if type_ is str and isinstance(value, str):
+        return value
+    if type_ is Path and isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    if type_ == DURATION:
+        if isinstance(value, str):
+            return parse_duration(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+            return float(value)
+    if type_ == FILES:
+        items = [value] if isinstance(value, (str, os.PathLike)) else value
+        if isinstance(items, (list, tuple)) and items and all(isinstance(v, (str, os.PathLike)) for v in items):
+            return [str(v) for v in items]
+    raise CharrnnError(f"{where} must be {_kind(type_)}, got {value!r}")
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword options of `charrnn.runs.train`, checked against the table: an unknown name or a
+    value of the wrong type is a CharrnnError that names it."""
+    checked = {}
+    for name, value in options.items():
+        if name not in KEYWORDS:
+            raise CharrnnError(f"unknown option {name!r} for charrnn.train{_suggest(name, KEYWORDS)}")
+        checked[name] = check_value(BY_NAME[name], value, name)
+    return checked
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The options in a TOML file, keys spelled like the options (`seq-len` or `seq_len`), checked
+    like keyword options; the corpus may be given as `corpus` (a path or a list of them)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except OSError as exc:
+        raise CharrnnError(f"cannot read config file {path}: {(exc.strerror or str(exc)).lower()}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CharrnnError(f"{path} is not valid TOML: {str(exc).splitlines()[0]}") from None
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in FILE_KEYS:
+            raise CharrnnError(f"{path}: unknown key {key!r}{_suggest(name, FILE_KEYS)}")
+        if name in values:
+            raise CharrnnError(f"{path}: {key!r} is given twice")
+        option = BY_NAME.get(name) or CORPUS
+        values[name] = check_value(option, value, f"{path}: {key}")
+    return values
+
+
+def to_argv(corpus: list[str], options: Mapping[str, Any]) -> list[str]:
+    """The `charrnn train` command line that gives exactly these (checked) options."""
+    argv = ["train"]
+    for name, value in options.items():
+        option = BY_NAME[name]
+        if value is None:
+            continue
+        if option.type is bool:
+            argv.append(option.flag if value else "--no-" + option.flag[2:])
+        elif option.type == FILES:
+            for item in value:
+                argv += [option.flag, str(item)]
+        else:
+            argv += [option.flag, str(value)]
+    return [*argv, "--", *corpus] if corpus else argv

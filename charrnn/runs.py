@@ -1,0 +1,250 @@
+"""Training from Python: `charrnn.train(...)` takes the options of `charrnn train` and returns a `Run`.
+
+    run = charrnn.train("notes.txt", run="runs/notes", max_time="2m", hidden=256)
+    run.best, run.history[-1]["train_loss"], run.load().generate("The ")
+
+The options are checked against the table in `charrnn.options`, the one the command line is built
+from, so a keyword here and a flag there mean the same thing. `charrnn train` calls this function
+and only renders what it returns. From Python it is silent unless asked (`progress=True`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from charrnn import options as table
+from charrnn.config import ModelConfig, TrainConfig, preset_settings
+from charrnn.errors import CharrnnError
+from charrnn.rundir import RunDir
+
+if TYPE_CHECKING:
+    from charrnn.inference import Model
+    from charrnn.train import Report, TrainResult
+
+PathLike = str | os.PathLike[str]
+
+
+def bundled_corpus() -> Path | None:
+    """corpora/kjv.txt: installed as package data (charrnn/corpora/ in site-packages), or at the top
+    of a source checkout (corpora/, beside charrnn/)."""
+    here = Path(__file__).resolve().parent
+    for path in (here / "corpora" / "kjv.txt", here.parent / "corpora" / "kjv.txt"):
+        if path.is_file():
+            return path
+    return None
+
+
+@dataclass
+class Run:
+    """A run directory: its checkpoints, recorded config and metrics; `Run("runs/x")` opens one."""
+
+    path: Path
+    summary: TrainResult | None = field(default=None, repr=False)  # when this process trained it
+    options: dict[str, Any] = field(default_factory=dict, repr=False)  # the options it was called with
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    @property
+    def best(self) -> Path | None:
+        """The best checkpoint (lowest validation loss), or None before the first evaluation."""
+        return _checkpoint(self.path, "best")
+
+    @property
+    def last(self) -> Path | None:
+        """The checkpoint `resume` continues from, or None."""
+        return _checkpoint(self.path, "last")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """config.json: the resolved model and training configuration, and the corpus read."""
+        return RunDir(self.path).read_config()
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """metrics.jsonl: one record per log interval (step, time, train_loss, lr, chars_per_sec,
+        and val_loss where an evaluation ran)."""
+        return RunDir(self.path).read_metrics()
+
+    def load(self, device: str = "auto") -> Model:
+        from charrnn.inference import load
+
+        return load(self.path, device=device)
+
+
+def _checkpoint(path: Path, which: str) -> Path | None:
+    """The run's `best` or `last` checkpoint: the current format's file, else one of an older
+    format (charrnn 0.1's `best.pt`) under the same stem."""
+    current: Path = getattr(RunDir(path), which)
+    if current.is_file():
+        return current
+    older = sorted(p for p in path.glob(f"{current.stem}.*") if p.is_file()) if path.is_dir() else []
+    return older[0] if older else None
+
+
+def train(
+    corpus: PathLike | Sequence[PathLike] | None = None,
+    *,
+    run: PathLike | None = None,
+    resume: bool | PathLike = False,
+    progress: bool | Report = False,
+    handle_signals: bool = False,
+    **options: Any,
+) -> Run:
+    """Train a model on `corpus` (a path or a list of paths: files, directories, "-" for standard
+    input; default: the bundled corpus) into the run directory `run`, and return the `Run`.
+
+    `options` are those of `charrnn train`, by their Python names (`hidden=256`, `max_time="2m"`
+    or `max_time=120`, `config="exp.toml"`); an unknown name or a wrong type is a CharrnnError.
+    `resume=True` continues `run` from its last checkpoint instead (a path continues that run);
+    then only the options that a resume applies may be given (see `charrnn.options`).
+    `progress=True` shows what `charrnn train` shows (or pass a `charrnn.train.Report`);
+    `handle_signals=True` makes the first Ctrl-C or SIGTERM save and stop, as the command does.
+    """
+    given = table.check_options(options)
+    if "config" in given:
+        from_file = table.read_config(given.pop("config"))
+        file_corpus, file_run = from_file.pop("corpus", None), from_file.pop("run", None)
+        corpus = corpus if corpus is not None else file_corpus
+        run = run if run is not None else file_run
+        given = {**from_file, **given}
+    values = {**{name: table.BY_NAME[name].default for name in table.KEYWORDS if name != "config"}, **given}
+    if values["nproc"] is not None:
+        return _under_torchrun(corpus, run, resume, given, quiet=not progress or values["quiet"])
+    report = _report(progress, values["quiet"])
+    if resume is not False:
+        path, result = _continue(corpus, run, resume, given, report, handle_signals)
+    else:
+        path = Path(run) if run is not None else None
+        path, result = _start(_sources(corpus), path, values, report, handle_signals)
+    return Run(path, summary=result, options=values)
+
+
+def _sources(corpus: PathLike | Sequence[PathLike] | None) -> list[str]:
+    if corpus is None or (not isinstance(corpus, (str, os.PathLike)) and len(corpus) == 0):
+        bundled = bundled_corpus()
+        if bundled is None:
+            raise CharrnnError("no corpus given and the bundled default corpus is not installed: pass a text file")
+        return [str(bundled)]
+    return table.check_value(table.Option("corpus", table.FILES, None, "", None), corpus, "corpus")
+
+
+def _report(progress: bool | Report, quiet: bool) -> Report:
+    from charrnn import distributed
+    from charrnn.train import Report
+
+    if isinstance(progress, Report):
+        return progress
+    if progress and not quiet and distributed.is_main_process():  # under torchrun only rank 0 reports
+        from charrnn.display import train_report
+
+        return train_report()
+    return Report()
+
+
+def _configs(values: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
+    """The model settings and the TrainConfig the options give: a preset's values for the options
+    it supplies that were not given, the table's defaults for the others."""
+    from charrnn.devices import resolve_device
+
+    chosen = preset_settings(values["preset"], resolve_device(values["device"]).type)
+    settings: dict[str, dict[str, Any]] = {"model": dict(chosen["model"]), "train": dict(chosen["train"])}
+    for option in table.OPTIONS:
+        value = values.get(option.name)
+        if option.field and not (option.preset and value is None):
+            section, name = option.field.split(".")
+            settings[section][name] = value
+    if values["dropout"] is not None:
+        settings["model"]["dropout_hidden"] = settings["model"]["dropout_output"] = values["dropout"]
+    train = settings["train"]
+    train["eval_tokens"] = train["eval_tokens"] or None  # 0 means the whole split
+    if values["val_file"]:
+        train["val_frac"] = 0.0
+    cfg = TrainConfig(**train)
+    ModelConfig(vocab_size=2, **settings["model"])  # refuse bad sizes before reading any text
+    return settings["model"], cfg
+
+
+def _start(
+    sources: list[str], run: Path | None, values: dict[str, Any], report: Report, handle_signals: bool
+) -> tuple[Path, TrainResult]:
+    from charrnn.data.corpus import find_corpus
+    from charrnn.train import train as train_new
+
+    model_settings, cfg = _configs(values)
+    found = find_corpus(sources, pattern=values["glob"], encoding=values["encoding"])
+    val_corpus = find_corpus(values["val_file"], encoding=values["encoding"]) if values["val_file"] else None
+    path = run if run is not None else _default_run(sources)
+    result = train_new(
+        found, model_settings, cfg, path, val_corpus=val_corpus, report=report, handle_signals=handle_signals
+    )
+    return path, result
+
+
+def _default_run(sources: list[str]) -> Path:
+    stem = Path(sources[0]).stem if sources[0] != "-" else "stdin"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _resumed_path(corpus: Any, run: PathLike | None, resume: bool | PathLike, given: dict[str, Any]) -> Path:
+    """The run to continue, once the options given are known to be ones a resume applies."""
+    if corpus:
+        raise CharrnnError("--resume continues the run's own corpus: give no CORPUS with it")
+    refused = table.refused_on_resume(given)
+    if resume is not True and run is not None:
+        refused.append("--run")  # `--resume RUN` names the run; another --run would be ignored
+    if refused:
+        raise CharrnnError(
+            f"--resume cannot change {', '.join(refused)}: they are fixed when a run starts "
+            f"(a resume applies only {', '.join(table.resume_applies())})"
+        )
+    if resume is True:
+        if run is None:
+            raise CharrnnError("resume=True continues the run given as run=...: name its directory")
+        return Path(run)
+    return Path(resume)
+
+
+def _continue(
+    corpus: Any, run: PathLike | None, resume: bool | PathLike, given: dict[str, Any], report: Report, signals: bool
+) -> tuple[Path, TrainResult]:
+    from charrnn.train import resume as resume_run
+
+    path = _resumed_path(corpus, run, resume, given)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    changes = {name: value for name, value in given.items() if name in fields}  # budget, device, intervals
+    return path, resume_run(path, budget=changes, report=report, handle_signals=signals)
+
+
+def _under_torchrun(
+    corpus: Any, run: PathLike | None, resume: bool | PathLike, given: dict[str, Any], *, quiet: bool
+) -> Run:
+    """`nproc=N` from Python: `charrnn train` with the same options on N processes under torchrun,
+    waited for. (The command line replaces itself by torchrun instead, see `charrnn.cli`.)"""
+    from charrnn import distributed
+
+    nproc = given.pop("nproc")
+    if distributed.launched():
+        raise CharrnnError("nproc starts torchrun itself: drop it when the code already runs under torchrun")
+    if nproc < 1:
+        raise CharrnnError(f"--nproc must be at least 1, got {nproc}")
+    options = {**given, "quiet": quiet}
+    if resume is not False:
+        path = _resumed_path(corpus, run, resume, given)
+        options["resume"], sources = path, []
+    else:
+        sources = [s if s == "-" else str(Path(s).resolve()) for s in _sources(corpus)]
+        path = Path(run) if run is not None else _default_run(sources)
+        options["run"] = path
+    command = distributed.torchrun_command(nproc, table.to_argv(sources, options))
+    done = subprocess.run(command, check=False)
+    if done.returncode != 0:
+        raise CharrnnError(f"training under torchrun failed (exit status {done.returncode}): see its output above")
+    return Run(path, options={**given, "nproc": nproc})
