@@ -7,6 +7,8 @@ Four kinds share one interface (`Tokenizer`):
 - ``byte``: ids 0..255 are UTF-8 bytes. Nothing is ever unknown.
 - ``bpe`` / ``unigram``: a SentencePiece model trained in memory, with byte fallback,
   so nothing is ever unknown and ``decode(encode(text)) == text`` for every str.
+  Characters without a piece of their own (the rarest, when the vocabulary is small
+  for the alphabet) are spelled as their UTF-8 bytes.
 
 Every id decodes to a fixed byte string, so decoding is "join the bytes, then UTF-8
 decode with replacement", and a `StreamDecoder` only has to hold back an incomplete
@@ -171,6 +173,10 @@ class Tokenizer(ABC):
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self._id_bytes)
 
+    def token_bytes(self) -> list[bytes | None]:
+        """The UTF-8 bytes each id stands for; None where the id is not text (``<unk>``)."""
+        return list(self._id_bytes)
+
     def token_texts(self) -> list[str | None]:
         """Text of each id on its own; None where the id is not whole text by itself."""
         texts: list[str | None] = []
@@ -298,10 +304,16 @@ class ByteTokenizer(Tokenizer):
 # and each cut character becomes its UTF-8 byte-fallback pieces (<0x0A> for "\n";
 # <0xE2><0x96><0x81> for "▁"). Decoding joins the bytes of every id, with the space
 # marker inside ordinary pieces turned back into " ".
+# A model may have no piece for the space (a small vocabulary on text where spaces are
+# rare): SentencePiece would then spell a space as the bytes of "▁". For such a model
+# the text is cut at " " too, and each space becomes <0x20>.
 
 _SP_SPECIAL = re.compile("([\n\u2581])")  # the capture group keeps the cut characters
+_SP_SPECIAL_AND_SPACE = re.compile("([\n\u2581 ])")
 _SP_SPACE = "\u2581"
 _SP_MIN_VOCAB = 257  # 256 byte pieces and <unk>
+# Characters SentencePiece never makes a piece of (tab, NUL) or that never reach it (cut above).
+_SP_NEVER_PIECES = "\t\x00\n\u2581"
 # Training reads at most this many sentences (sampled at random when there are more) ...
 _SP_MAX_TRAIN_SENTENCES = 1_000_000
 # ... each at most this many characters: longer lines are cut, never dropped.
@@ -353,7 +365,9 @@ class SentencePieceTokenizer(Tokenizer):
         byte_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
         if not all(self._sp.is_byte(i) for i in byte_ids):
             raise CharrnnError(f"the {kind} tokenizer model has no byte fallback pieces")
-        self._special_ids = {char: [byte_ids[b] for b in char.encode("utf-8")] for char in ("\n", _SP_SPACE)}
+        self._special_ids = {char: [byte_ids[b] for b in char.encode("utf-8")] for char in ("\n", _SP_SPACE, " ")}
+        space = self._sp.piece_to_id(_SP_SPACE)  # <unk>'s id when there is no such piece
+        self._cut = _SP_SPECIAL if self._sp.id_to_piece(space) == _SP_SPACE else _SP_SPECIAL_AND_SPACE
         self._id_bytes = [self._piece_bytes(i) for i in range(self.vocab_size)]
 
     def _piece_bytes(self, i: int) -> bytes | None:
@@ -367,7 +381,7 @@ class SentencePieceTokenizer(Tokenizer):
     def _encode_chunks(self, text: str) -> Iterator[list[int]]:
         """The ids of `text`, a list per piece of about `_SP_ENCODE_CHUNK` characters."""
         for chunk in _chunks_at_newlines(_without_surrogates(text), _SP_ENCODE_CHUNK):
-            pieces = _SP_SPECIAL.split(chunk)  # [segment, cut char, segment, ...]
+            pieces = self._cut.split(chunk)  # [segment, cut char, segment, ...]
             encoded = self._sp.encode(pieces[0::2], out_type=int)  # batched, multithreaded
             ids: list[int] = list(encoded[0])
             for cut, segment_ids in zip(pieces[1::2], encoded[1:]):
@@ -385,59 +399,104 @@ class SentencePieceTokenizer(Tokenizer):
     def encode_list(self, text: str) -> list[int]:
         return [i for ids in self._encode_chunks(text) for i in ids]
 
+    def characters(self) -> set[str]:
+        """The characters that are pieces of their own; every other one is spelled in bytes."""
+        pieces = (self._sp.id_to_piece(i) for i in range(self.vocab_size) if not self._sp.is_byte(i))
+        return {piece.replace(_SP_SPACE, " ") for piece in pieces if len(piece) == 1}
+
     def to_state(self) -> dict:
         import torch
 
         return {"kind": self.kind, "model": torch.frombuffer(bytearray(self.model), dtype=torch.uint8)}
 
 
-def _train_sentencepiece(kind: str, text: str, vocab_size: int) -> SentencePieceTokenizer:
-    """Train in memory. A vocab_size the text cannot support is a CharrnnError naming the
-    usable limit (no silent retry: the user's chosen size is part of the model config)."""
+def _characters_by_frequency(text: str) -> list[str]:
+    """The distinct characters of `text` but "\n", most frequent first, ties in code-point order."""
+    import numpy as np
+
+    counts = np.zeros(_NUM_CODE_POINTS, dtype=np.int64)
+    for start in range(0, len(text), _CHAR_CHUNK):
+        code_points = _without_surrogates(text[start : start + _CHAR_CHUNK]).encode("utf-32-le")
+        counts += np.bincount(np.frombuffer(code_points, dtype="<u4"), minlength=_NUM_CODE_POINTS)
+    counts[ord("\n")] = 0
+    present = np.flatnonzero(counts)
+    order = present[np.lexsort((present, -counts[present]))]
+    return [chr(c) for c in order.tolist()]
+
+
+def _sentences_of_kept(text: str, kept: str) -> Iterator[str]:
+    """The training sentences cut at every character not in `kept`, so SentencePiece sees no other."""
+    others = re.compile(f"[^{re.escape(kept)}]+")
+    for sentence in _training_sentences(text):
+        yield from filter(None, others.split(sentence))
+
+
+def _run_sentencepiece(kind: str, sentences: Iterator[str], vocab_size: int, **options: Any) -> bytes:
+    """The serialized model SentencePiece trains on `sentences`; its errors come back as RuntimeError."""
     import sentencepiece as spm
 
     model = io.BytesIO()
     spm.set_random_generator_seed(_SP_SEED)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=sentences,
+        model_writer=model,
+        model_type=kind,
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=-1,
+        eos_id=-1,
+        pad_id=-1,
+        input_sentence_size=_SP_MAX_TRAIN_SENTENCES,
+        shuffle_input_sentence=True,
+        max_sentence_length=4 * _SP_MAX_TRAIN_CHARS,  # bytes; a cut line always fits
+        minloglevel=2,  # quiet: errors still come back as RuntimeError
+        **options,
+    )
+    return model.getvalue()
+
+
+def _train_sentencepiece(kind: str, text: str, vocab_size: int, characters: list[str]) -> SentencePieceTokenizer:
+    """Train in memory, exactly `vocab_size` ids; `characters` are the text's, most frequent first.
+    A vocab_size the text cannot fill is a CharrnnError naming the usable limit (the size is
+    never changed behind the user's back: it is part of the model config)."""
     try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_training_sentences(text),
-            model_writer=model,
-            model_type=kind,
-            vocab_size=vocab_size,
-            byte_fallback=True,
-            normalization_rule_name="identity",
-            add_dummy_prefix=False,
-            remove_extra_whitespaces=False,
-            allow_whitespace_only_pieces=True,
-            unk_id=0,
-            bos_id=-1,
-            eos_id=-1,
-            pad_id=-1,
-            input_sentence_size=_SP_MAX_TRAIN_SENTENCES,
-            shuffle_input_sentence=True,
-            max_sentence_length=4 * _SP_MAX_TRAIN_CHARS,  # bytes; a cut line always fits
-            minloglevel=2,  # quiet: errors still come back as RuntimeError
-        )
+        try:
+            model = _run_sentencepiece(kind, _training_sentences(text), vocab_size)
+        except RuntimeError as error:
+            if "smaller than required_chars" not in str(error):
+                raise
+            # SentencePiece keeps the characters that cover 99.95% of the text, and refuses a
+            # character_coverage under 0.98: too many characters for a small vocabulary on a big
+            # alphabet. So it is shown only the most frequent characters that fit beside the 256
+            # bytes and <unk>, and keeps them all; the rest fall back to bytes. SentencePiece too
+            # puts characters before merges, which fill what the characters leave: here, nothing.
+            kept = [c for c in characters if c not in _SP_NEVER_PIECES][: vocab_size - _SP_MIN_VOCAB]
+            sentences = _sentences_of_kept(text, "".join(kept))
+            model = _run_sentencepiece(kind, sentences, vocab_size, character_coverage=1.0)
     except RuntimeError as error:
-        message = str(error)
-        too_high = re.search(r"value <= (\d+)", message)
-        if too_high:
-            raise CharrnnError(
-                f"vocab_size {vocab_size} is too large for this training text; "
-                f"the {kind} tokenizer can use at most {too_high.group(1)}"
-            ) from error
-        too_low = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
-        if too_low:
-            raise CharrnnError(
-                f"vocab_size {vocab_size} is too small for this training text; the {kind} "
-                f"tokenizer needs at least {too_low.group(1)} (256 bytes, <unk> and its common characters)"
-            ) from error
-        if "sentences_.empty()" in message:
-            raise CharrnnError(
-                f"cannot train a {kind} tokenizer: the training text has no characters besides line breaks and U+2581"
-            ) from error
-        raise CharrnnError(f"training the {kind} tokenizer failed: {message}") from error
-    return SentencePieceTokenizer(kind, model.getvalue())
+        raise _training_error(kind, vocab_size, error) from error
+    return SentencePieceTokenizer(kind, model)
+
+
+def _training_error(kind: str, vocab_size: int, error: RuntimeError) -> CharrnnError:
+    """One clear line for a SentencePiece training failure."""
+    message = str(error)
+    too_high = re.search(r"value <= (\d+)", message)
+    if too_high:
+        return CharrnnError(
+            f"vocab_size {vocab_size} is too large for this training text; "
+            f"the {kind} tokenizer can use at most {too_high.group(1)}"
+        )
+    if "sentences_.empty()" in message:
+        return CharrnnError(
+            f"cannot train a {kind} tokenizer: the training text has no characters besides line breaks and U+2581"
+        )
+    return CharrnnError(f"training the {kind} tokenizer failed: {message}")
 
 
 def train_tokenizer(
@@ -461,7 +520,8 @@ def train_tokenizer(
         raise CharrnnError(f"the {kind} tokenizer needs a vocab_size")
     elif isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= _SP_MIN_VOCAB:
         raise CharrnnError(
-            f"vocab_size must be an integer above {_SP_MIN_VOCAB} (256 bytes and <unk>), got {vocab_size!r}"
+            f"vocab_size must be an integer of at least {_SP_MIN_VOCAB + 1} for the {kind} tokenizer "
+            f"(256 byte pieces, <unk> and one more piece), got {vocab_size!r}"
         )
     if kind == "byte":
         return ByteTokenizer()
@@ -472,6 +532,7 @@ def train_tokenizer(
     report(f"training {kind} tokenizer on {len(train_text):,} characters")
     started = time.perf_counter()
     tokenizer: Tokenizer
+    fallback = ""
     if kind == "char":
         counter = CharVocabCounter()
         for start in range(0, len(train_text), 1 << 24):
@@ -479,8 +540,13 @@ def train_tokenizer(
         tokenizer = counter.build()
     else:
         assert vocab_size is not None
-        tokenizer = _train_sentencepiece(kind, train_text, vocab_size)
-    report(f"trained {kind} tokenizer: {tokenizer.vocab_size:,} ids in {time.perf_counter() - started:.1f}s")
+        characters = _characters_by_frequency(train_text)
+        tokenizer = _train_sentencepiece(kind, train_text, vocab_size, characters)
+        pieces = tokenizer.characters()
+        bytes_only = sum(c not in pieces for c in characters)
+        fallback = f"; {bytes_only:,} of {len(characters):,} distinct characters left to byte fallback"
+    seconds = time.perf_counter() - started
+    report(f"trained {kind} tokenizer: {tokenizer.vocab_size:,} ids in {seconds:.1f}s{fallback}")
     return tokenizer
 
 
