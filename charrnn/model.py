@@ -146,13 +146,6 @@ def detach_state(state: State) -> State:
     return state.detach()
 
 
-def select_state(state: State, keep: Tensor) -> State:
-    """The state of the streams whose `keep` entry is true (batch axis 1)."""
-    if isinstance(state, tuple):
-        return tuple(s[:, keep] for s in state)  # type: ignore[return-value]
-    return state[:, keep]
-
-
 # torch's fused cell kernels (CUDA only): gates (B, G*H) from the input and from the hidden
 # state, in nn.LSTM / nn.GRU's gate order, with optional biases -> the new state (and a
 # workspace for backward, unused here). Looked up through this dict so that tests can stand

@@ -317,7 +317,7 @@ class Trainer:
                 "total_steps": total,
                 "max_time": cfg.max_time,
                 "start_step": self.p.step,
-                "params": sum(p.numel() for p in params),
+                "params": model.num_parameters(),
                 "device": self.ranks.describe(self.device),
                 "steps_per_epoch": self.batcher.steps_per_epoch,
             }
@@ -428,7 +428,7 @@ class Trainer:
             last_val=self.p.last_val,
             train_loss=last_train,
             chars_per_sec=self.p.chars_seen * self.chars_per_token / max(self.p.elapsed, 1e-9),
-            parameters=sum(p.numel() for p in params),
+            parameters=self.model.num_parameters(),
             stop_reason=stop_reason or "finished",
             history=self.history,
         )

@@ -7,7 +7,7 @@ import torch
 
 from charrnn import model as model_module
 from charrnn.config import ModelConfig
-from charrnn.model import RNNLanguageModel, SingleStep, detach_state, select_state
+from charrnn.model import RNNLanguageModel, SingleStep, detach_state
 
 
 def _model(cell: str, **kw) -> RNNLanguageModel:
@@ -46,8 +46,6 @@ def test_state_shapes_and_detach() -> None:
     _, _, state = lstm.train()(x)
     assert all(s.requires_grad for s in state)
     assert not any(s.requires_grad for s in detach_state(state))
-    kept = select_state(state, torch.tensor([True, False, True, False, False]))
-    assert kept[0].shape == (2, 2, 24)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -26,14 +26,10 @@ CHUNK_BYTES = 16 << 20
 
 @dataclass(frozen=True)
 class Corpus:
-    """An ordered list of files read as one text, with their total size."""
+    """An ordered list of files read as one text, in one encoding."""
 
     files: tuple[Path, ...]
     encoding: str = "utf-8"
-
-    @property
-    def num_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.files)
 
     def describe(self) -> str:
         if len(self.files) == 1:
