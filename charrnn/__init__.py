@@ -1,13 +1,68 @@
 """charrnn: train recurrent (LSTM/GRU/RNN) language models on your own text.
 
-The package imports nothing heavy at the top, so `charrnn --help` starts fast;
-each command imports torch when it needs it.
+The Python API, in full (docs/python-api.md has examples):
+
+    train(corpus, *, run=None, resume=False, **options) -> Run    charrnn.runs
+    load(path, device="auto") -> Model                            charrnn.inference
+    Model.generate / stream / evaluate / score                    charrnn.inference
+    EvalResult, Score, CharrnnError
+
+Each name is imported when first used, so `import charrnn` is quick and imports no torch:
+a script that only samples on the CPU never loads it.
 """
 
-import warnings
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# torch warns once at import when numpy is absent; charrnn never needs numpy, and the
-# warning would break the promise of one clean line on stderr.
-warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "train": "charrnn.runs",
+    "Run": "charrnn.runs",
+    "load": "charrnn.inference",
+    "Model": "charrnn.inference",
+    "EvalResult": "charrnn.evaluate",
+    "Score": "charrnn.score",
+    "CharrnnError": "charrnn.errors",
+}
+
+__all__ = ["CharrnnError", "EvalResult", "Model", "Run", "Score", "__version__", "load", "train"]
+
+if TYPE_CHECKING:
+    from charrnn.errors import CharrnnError
+    from charrnn.evaluate import EvalResult
+    from charrnn.inference import Model, load
+    from charrnn.runs import Run, train
+    from charrnn.score import Score
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'charrnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+class _Package(types.ModuleType):
+    """charrnn itself. `charrnn/train.py` is also a module, and the import system binds every
+    submodule to its package as it loads: that would put the module in the place of the
+    function `charrnn.train`. The binding is turned away (the module stays in sys.modules)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package  # Python's documented way to customize a module

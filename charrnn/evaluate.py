@@ -16,18 +16,20 @@ import bz2
 import gzip
 import lzma
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from charrnn.data.dataset import Split
-from charrnn.data.tokenizers import Tokenizer
-from charrnn.distributed import Ranks
 from charrnn.errors import CharrnnError
-from charrnn.model import RNNLanguageModel, State
+
+if TYPE_CHECKING:  # torch is imported by the functions that compute: EvalResult alone needs none of it
+    import torch
+
+    from charrnn.data.dataset import Split
+    from charrnn.data.tokenizers import Tokenizer
+    from charrnn.distributed import Ranks
+    from charrnn.model import RNNLanguageModel
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,6 @@ class EvalResult:
         }
 
 
-@torch.no_grad()
 def evaluate(
     model: RNNLanguageModel,
     split: Split,
@@ -84,6 +85,8 @@ def evaluate(
     and the summed losses are added up across ranks: every rank gets the number one process gets
     with the same `streams`, up to float rounding. With streams=1 rank 0 does all the work.
     """
+    import torch
+
     device = model.embed.weight.device
     tokens = split.tokens
     n = tokens.numel()
@@ -97,13 +100,11 @@ def evaluate(
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
     mine = (torch.arange(streams) * piece)[rank::world]
     if mine.numel():
-        nll, _ = _score(model, tokens, mine, piece, window, device, autocast, state=None)
-        total += nll
+        total += _summed_nll(model, tokens, mine, piece, window, autocast)
     rest_start = streams * piece
     if rest_start < n - 1 and rank == streams % world:
         # The remainder after the last stream (with one stream there is none), on a rank with fewest pieces.
-        nll, _ = _score(model, tokens, torch.tensor([rest_start]), n - 1 - rest_start, window, device, autocast, None)
-        total += nll
+        total += _summed_nll(model, tokens, torch.tensor([rest_start]), n - 1 - rest_start, window, autocast)
     if ranks is not None:
         ranks.sum(total)
     model.train(was_training)
@@ -116,28 +117,42 @@ def evaluate(
     return EvalResult(float(total), n - 1, chars, unknown)
 
 
-def _score(
-    model: RNNLanguageModel,
-    tokens: torch.Tensor,
-    starts: torch.Tensor,
-    length: int,
-    window: int,
-    device: torch.device,
-    autocast: bool,
-    state: State | None,
-) -> tuple[torch.Tensor, State | None]:
-    """Summed NLL of `length` targets after each start, streams side by side, state carried."""
-    total = torch.zeros((), dtype=torch.float64, device=device)
+def windows(
+    model: RNNLanguageModel, tokens: torch.Tensor, starts: torch.Tensor, length: int, window: int, autocast: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The model's predictions for `length` targets after each start, streams side by side, the state
+    carried from window to window: per window, float32 logits (width, S, V) and the targets (width, S)."""
+    import torch
+
+    device = model.embed.weight.device
     offsets = torch.arange(window + 1)
+    state = None
     for begin in range(0, length, window):
         width = min(window, length - begin)
         idx = starts[:, None] + begin + offsets[: width + 1]  # (S, width+1)
         chunk = tokens[idx].to(device).long().t()  # (width+1, S)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits, _, state = model(chunk[:-1], state)
-        nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), chunk[1:].flatten(), reduction="sum")
-        total += nll.double()
-    return total, state
+        yield logits.float(), chunk[1:]
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood (nats, float32) of every target: logits (T, S, V), targets (T, S) -> (T*S,)."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+
+
+def _summed_nll(
+    model: RNNLanguageModel, tokens: torch.Tensor, starts: torch.Tensor, length: int, window: int, autocast: bool
+) -> torch.Tensor:
+    """Total NLL (float64) of `length` targets after each start; each target's term as `token_nll` gives it."""
+    import torch
+
+    total = torch.zeros((), dtype=torch.float64, device=model.embed.weight.device)
+    for logits, targets in windows(model, tokens, starts, length, window, autocast):
+        total += token_nll(logits, targets).double().sum()
+    return total
 
 
 def compression_baselines(text: str) -> dict[str, float]:

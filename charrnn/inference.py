@@ -1,0 +1,290 @@
+"""Using a trained model from Python: `load` a run or a checkpoint, then generate, stream, evaluate, score.
+
+    model = charrnn.load("runs/demo")
+    print(model.generate("And God said", length=200, seed=1))
+
+`load` reads the checkpoint once, as numpy arrays, without importing torch. On the CPU, up to
+`NUMPY_MAX_STREAMS` samples at a time come from the numpy sampler on those arrays, so a script
+that only samples on the CPU never imports torch. More samples, another device, `evaluate` and
+`score` use the torch model, built from the same arrays the first time one of them needs it.
+`CHARRNN_SAMPLER=torch` sends every sample to torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import queue
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from charrnn.config import ModelConfig
+from charrnn.data.tokenizers import Tokenizer
+from charrnn.errors import CharrnnError
+from charrnn.sample.settings import NUMPY_MAX_STREAMS, SampleResult, SampleSettings
+from charrnn.sample.text import start_ids
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from charrnn.evaluate import EvalResult
+    from charrnn.model import RNNLanguageModel
+    from charrnn.score import Score
+
+OnText = Callable[[int, str], None]
+
+
+class CharrnnWarning(UserWarning):
+    """Something worth knowing that does not stop the work (a prime character the model never saw)."""
+
+
+def load(path: str | os.PathLike[str], device: str = "auto") -> Model:
+    """The model of a run directory (its best checkpoint, else its last) or of a checkpoint file,
+    in either checkpoint format. `device`: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N
+    or mps. A missing, damaged or hostile file is a CharrnnError, raised here."""
+    from charrnn.checkpoint import arrays_from_checkpoint, load_checkpoint, resolve_checkpoint
+
+    file = resolve_checkpoint(Path(path))
+    payload = load_checkpoint(file, arrays=True)
+    config, tokenizer, weights = arrays_from_checkpoint(payload)
+    model = Model(file, str(device), config, tokenizer, weights, payload)
+    if model.device not in ("auto", "cpu"):
+        model._torch_device()  # an unknown or absent device is refused now, not at the first use
+    return model
+
+
+class Model:
+    """A trained model, made by `charrnn.load`.
+
+    config: the ModelConfig (cell, layers, sizes, vocabulary size); tokenizer: its Tokenizer;
+    path: the checkpoint file it was read from; device: the device asked for.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        device: str,
+        config: ModelConfig,
+        tokenizer: Tokenizer,
+        weights: dict[str, np.ndarray],
+        payload: dict[str, Any],
+    ) -> None:
+        self.path = path
+        self.device = device
+        self.config = config
+        self.tokenizer = tokenizer
+        self._weights = weights
+        self._described = {key: payload[key] for key in ("model_config", "tokenizer")}
+        self._module: RNNLanguageModel | None = None
+        self._resolved: torch.device | None = None
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        return (
+            f"Model({str(self.path)!r}: {cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, "
+            f"{self.tokenizer.kind} tokenizer of {cfg.vocab_size} ids, device={self.device!r})"
+        )
+
+    # --- generating --------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prime: str = "",
+        length: int = 500,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        num_samples: int = 1,
+        stop: str | Sequence[str] = (),
+    ) -> str | list[str]:
+        """Continue `prime` by `length` characters; the text after the prime, or a list of
+        `num_samples` texts generated side by side when more than one is asked for.
+
+        temperature 0 is greedy; top_k (0 = off) and top_p (1 = off) narrow each draw; the same
+        seed gives the same text (on the same sampler); a sample ends before the first of its
+        `stop` strings. A prime character the model never saw is read as <unk> (a CharrnnWarning).
+        """
+        run = self._sampler(prime, length, temperature, top_k, top_p, seed, num_samples, stop)
+        texts = run(None).texts
+        return texts[0] if num_samples == 1 else texts
+
+    def stream(
+        self,
+        prime: str = "",
+        length: int = 500,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        num_samples: int = 1,
+        stop: str | Sequence[str] = (),
+    ) -> Iterator[str] | Iterator[tuple[int, str]]:
+        """`generate`'s text as it is produced: pieces of text (whole characters, a few at a time)
+        that join to what `generate` returns for the same arguments. With num_samples > 1 the
+        pieces of all samples interleave, as (sample index, piece) pairs.
+
+        The arguments are checked now; generation starts at the first `next`, on a thread of its
+        own, and stops soon after the iterator is closed or dropped."""
+        run = self._sampler(prime, length, temperature, top_k, top_p, seed, num_samples, stop)
+        return _pieces(run, single=num_samples == 1)
+
+    def _sampler(
+        self,
+        prime: str,
+        length: int,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        seed: int | None,
+        num_samples: int,
+        stop: str | Sequence[str],
+    ) -> Callable[[OnText | None], SampleResult]:
+        """Checked settings and prime, bound to the sampler that serves them: a call with a text
+        callback (or None) generates."""
+        if not isinstance(prime, str):
+            raise CharrnnError(f"the prime must be a str, got {type(prime).__name__}")
+        stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        settings = SampleSettings(
+            length=length,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            num_samples=num_samples,
+            stop=stops,
+        )
+        _, unknown, _ = start_ids(self.tokenizer, prime)  # refuses a prime of unknown characters only
+        if unknown:
+            message = f"{unknown} prime character(s) are not in the model's vocabulary and were read as <unk>"
+            warnings.warn(message, CharrnnWarning, stacklevel=3)
+        if self._numpy_samples(num_samples):
+            from charrnn.sample.numpy_sampler import sample_numpy
+
+            return functools.partial(sample_numpy, self.config, self._weights, self.tokenizer, prime, settings)
+        from charrnn.sample.torch_sampler import sample
+
+        return functools.partial(sample, self._torch_model(), self.tokenizer, prime, settings)
+
+    def _numpy_samples(self, num_samples: int) -> bool:
+        """Whether the numpy sampler serves this many samples: on the CPU, up to NUMPY_MAX_STREAMS
+        (torch's threaded kernels win beyond), unless CHARRNN_SAMPLER=torch."""
+        if num_samples > NUMPY_MAX_STREAMS or os.environ.get("CHARRNN_SAMPLER", "numpy") == "torch":
+            return False
+        if self.device == "cpu" or (self.device == "auto" and "torch" not in sys.modules and not _gpu_possible()):
+            return True
+        return self._torch_device().type == "cpu"
+
+    # --- scoring -----------------------------------------------------------------------------
+
+    def evaluate(self, text: str, *, streams: int = 1) -> EvalResult:
+        """Loss, bits per character and perplexity on `text`, as `charrnn eval` reports them: one
+        stateful pass (streams=1, exact) or `streams` pieces side by side (faster, slightly worse)."""
+        from charrnn.data.dataset import encode_text
+        from charrnn.evaluate import evaluate
+
+        _check_text(text)
+        if not isinstance(streams, int) or streams < 1:
+            raise CharrnnError(f"streams must be at least 1, got {streams!r}")
+        split = encode_text(self.tokenizer, text)
+        return evaluate(self._torch_model(), split, self.tokenizer, streams=streams, autocast=self._autocast())
+
+    def score(self, text: str, *, top_k: int = 5, activations: bool = False) -> Score:
+        """Every character's bits, the model's `top_k` predictions there, whether it is unknown,
+        and with activations=True every layer's state after it; see `charrnn.score` for how a
+        token's bits are shared among characters. Its bits_per_char is evaluate(text)'s."""
+        from charrnn.score import score_text
+
+        _check_text(text)
+        if not isinstance(top_k, int) or top_k < 0:
+            raise CharrnnError(f"top_k must be >= 0, got {top_k!r}")
+        return score_text(
+            self._torch_model(), self.tokenizer, text, top_k=top_k, activations=activations, autocast=self._autocast()
+        )
+
+    # --- the torch side, built once when first needed ------------------------------------------
+
+    def _torch_device(self) -> torch.device:
+        if self._resolved is None:
+            from charrnn.devices import resolve_device
+
+            self._resolved = resolve_device(self.device)
+        return self._resolved
+
+    def _autocast(self) -> bool:
+        from charrnn.devices import use_bf16
+
+        return use_bf16("auto", self._torch_device())
+
+    def _torch_model(self) -> RNNLanguageModel:
+        if self._module is None:
+            import numpy as np
+            import torch
+
+            from charrnn.checkpoint import model_from_checkpoint
+
+            # Copies: the arrays may be read-only views of a memory-mapped file.
+            tensors = {key: torch.from_numpy(np.array(value)) for key, value in self._weights.items()}
+            module, _ = model_from_checkpoint({**self._described, "model": tensors}, self._torch_device())
+            self._module = module.eval()
+        return self._module
+
+
+def _check_text(text: str) -> None:
+    if not isinstance(text, str):
+        raise CharrnnError(f"the text must be a str, got {type(text).__name__}")
+    if not text:
+        raise CharrnnError("the text is empty")
+
+
+def _gpu_possible() -> bool:
+    """Whether torch could find a GPU here, judged without importing it: on Linux only where a
+    CUDA or ROCm driver shows its device files, on macOS on Apple silicon (MPS), elsewhere always."""
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg"))
+    if sys.platform == "darwin":
+        return platform.machine() == "arm64"
+    return True
+
+
+class _Stopped(Exception):
+    """Raised inside the sampler's callback once the stream's reader has gone: ends generation."""
+
+
+def _pieces(run: Callable[[OnText], SampleResult], single: bool) -> Iterator[Any]:
+    """What `run` hands its text callback, as an iterator: `run` goes on a thread of its own and
+    its pieces come through a queue; an exception in it is raised here; closing the iterator
+    stops it at its next piece."""
+    pieces: queue.Queue[tuple[int, str] | BaseException | None] = queue.Queue()
+    gone = threading.Event()
+
+    def emit(index: int, text: str) -> None:
+        if gone.is_set():
+            raise _Stopped
+        pieces.put((index, text))
+
+    def work() -> None:
+        try:
+            run(emit)
+            pieces.put(None)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 (handed to the reader, raised there)
+            pieces.put(exc)
+
+    worker = threading.Thread(target=work, name="charrnn-sample", daemon=True)
+    worker.start()
+    try:
+        while (item := pieces.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item[1] if single else item
+    finally:
+        gone.set()
+        worker.join()
