@@ -55,12 +55,14 @@ class Run:
     @property
     def best(self) -> Path | None:
         """The best checkpoint (lowest validation loss), or None before the first evaluation."""
-        return _checkpoint(self.path, "best")
+        run = RunDir(self.path)
+        return _existing(run.best, run.legacy_best)  # this version's file, else charrnn 0.1's
 
     @property
     def last(self) -> Path | None:
         """The checkpoint `resume` continues from, or None."""
-        return _checkpoint(self.path, "last")
+        run = RunDir(self.path)
+        return _existing(run.last, run.legacy_last)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -79,14 +81,8 @@ class Run:
         return load(self.path, device=device)
 
 
-def _checkpoint(path: Path, which: str) -> Path | None:
-    """The run's `best` or `last` checkpoint: the current format's file, else one of an older
-    format (charrnn 0.1's `best.pt`) under the same stem."""
-    current: Path = getattr(RunDir(path), which)
-    if current.is_file():
-        return current
-    older = sorted(p for p in path.glob(f"{current.stem}.*") if p.is_file()) if path.is_dir() else []
-    return older[0] if older else None
+def _existing(*paths: Path) -> Path | None:
+    return next((path for path in paths if path.is_file()), None)
 
 
 def train(
