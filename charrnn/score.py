@@ -122,7 +122,8 @@ def spread_bits(token_bits: np.ndarray, token_first: np.ndarray, token_count: np
     owner = np.repeat(np.flatnonzero(known), counts)  # one entry per (token, character) pair
     offset = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
     shares = (token_bits / token_count)[owner]
-    return np.bincount(token_first[owner] + offset, weights=shares, minlength=chars)
+    summed = np.bincount(token_first[owner] + offset, weights=shares, minlength=chars)
+    return summed.astype(np.float64)  # (bincount of nothing is an int array)
 
 
 def score_text(
