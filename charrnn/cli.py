@@ -139,23 +139,21 @@ app.command()(train)
 @app.command()
 def convert(
     path: Annotated[
-        Path, typer.Argument(help="A charrnn 0.1 checkpoint (.pt), or a run directory: all of its .pt files.")
+        Path, typer.Argument(help="A charrnn 0.1 checkpoint (.pt), or a run directory: all its .pt files.")
     ],
     out: Annotated[
         Optional[Path],
         typer.Argument(
-            help="Where to write one file's conversion (default: beside it, as .safetensors).", show_default=False
+            help="Where to write: a file for one checkpoint, a directory for a run (default: beside each, as .safetensors).",
+            show_default=False,
         ),
     ] = None,
 ) -> None:
-    """Rewrite charrnn 0.1 (.pt) checkpoints as .safetensors files."""
+    """Rewrite charrnn 0.1 (.pt) checkpoints as .safetensors files; the old files stay."""
     from charrnn.checkpoint import convert as convert_checkpoints
 
-    converted = convert_checkpoints(path, out)
-    for old, new in converted:
+    for old, new in convert_checkpoints(path, out):
         print(f"{old} -> {new}")
-    if not converted:
-        print(f"{path}: nothing to convert")
 
 
 @app.command("eval")
@@ -370,3 +368,4 @@ def runs_(
         print(f"no runs in {directory}")
     else:
         _console(160).print(runs_table(rows, f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {directory}"))
+

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY, charrnn
+from conftest import ROOT, TINY, charrnn
+
+FORMAT1 = ROOT / "tests" / "fixtures" / "format1"  # a run written by charrnn 0.1
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +149,23 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr
     result = charrnn("sample", str(tmp_path), "--top-p", "2")
     assert result.returncode == 1 and "Traceback" not in result.stderr
+
+
+def test_convert_rewrites_a_format_1_run_one_line_per_file(tmp_path: Path) -> None:
+    run = tmp_path / "old"
+    shutil.copytree(FORMAT1, run)
+    result = charrnn("convert", str(run))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"{run / 'best.pt'} -> {run / 'best.safetensors'}",
+        f"{run / 'last.pt'} -> {run / 'last.safetensors'}",
+    ]
+    again = charrnn("eval", str(run / "best.safetensors"), str(run / "held.txt"), "--json", "--no-baselines")
+    assert again.returncode == 0, again.stderr
+
+
+def test_convert_one_file_to_a_named_target(tmp_path: Path) -> None:
+    result = charrnn("convert", str(FORMAT1 / "best.pt"), str(tmp_path / "model.safetensors"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{FORMAT1 / 'best.pt'} -> {tmp_path / 'model.safetensors'}\n"
+    assert (tmp_path / "model.safetensors").is_file()
