@@ -69,6 +69,10 @@ def _status(log: RunLog) -> tuple[str, str | None]:
         holder = (log.path / LOCK).read_text(errors="replace").strip()
         return "running", f"pid {holder}" if holder else None
     stop = log.records[-1].get("stop") if log.records else None
+    if stop is None and log.records and not any("stop" in r for r in log.records):
+        # A run from before the reason was recorded: one at its step budget did finish.
+        if log.records[-1]["step"] == (log.config.get("train") or {}).get("max_steps"):
+            stop = "step budget reached"
     if isinstance(stop, str) and stop.endswith("budget reached"):
         return "finished", stop
     return "stopped", stop if isinstance(stop, str) else None

@@ -186,3 +186,10 @@ def test_a_real_run_is_listed_as_training_reported_it(tmp_path: Path, corpus_fil
 def test_sort_keys_are_checked_by_the_library(tmp_path: Path) -> None:
     with pytest.raises(CharrnnError, match="--sort must be one of val, created, name, steps"):
         list_runs(tmp_path, sort="size")
+
+
+def test_a_run_of_charrnn_0_1_at_its_step_budget_is_finished() -> None:
+    """0.1 recorded no stop reason: a run whose last record is at its --max-steps did finish."""
+    row = run_row(Path(__file__).parent / "fixtures" / "format1")
+    assert (row.status, row.reason, row.steps) == ("finished", "step budget reached", 40)
+    assert row.parameters is not None and row.best_val_bits_per_char is not None
