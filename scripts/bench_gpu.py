@@ -69,7 +69,7 @@ def bench_sampling(device: str = "cuda", scale: float = 1.0) -> list[str]:
     from charrnn.model import SingleStep
     from charrnn.sample import triton_chooser as generate_triton
     from charrnn.sample.settings import SampleSettings
-    from charrnn.sample.torch_sampler import _Chooser, _GraphBlock, filter_logits, sample
+    from charrnn.sample.torch_sampler import Chooser, GraphBlock, filter_logits, sample
 
     tok = train_tokenizer("char", SHAKESPEARE.read_text())
     torch.manual_seed(0)
@@ -94,9 +94,9 @@ def bench_sampling(device: str = "cuda", scale: float = 1.0) -> list[str]:
     gen = torch.Generator(device=device).manual_seed(0)
     for kernel in (False, True) if device == "cuda" and generate_triton.available(tok.vocab_size) else (False,):
         for top_p in (1.0, 0.9):
-            chooser = _Chooser(SampleSettings(temperature=1.0, top_p=top_p), tok.vocab_size, 8192, gen, kernel=kernel)
+            chooser = Chooser(SampleSettings(temperature=1.0, top_p=top_p), tok.vocab_size, 8192, gen, kernel=kernel)
             if device == "cuda":
-                first = _GraphBlock(step, step.begin(model.init_state(8192)), logits, chooser, 1.0, 4).run()[0]
+                first = GraphBlock(step, step.begin(model.init_state(8192)), logits, chooser, 1.0, 4).run()[0]
             else:
                 first = chooser(logits, chooser.noise(1)[0])
             freq = torch.bincount(first, minlength=tok.vocab_size).float() / first.numel()
@@ -120,7 +120,7 @@ def bench_sampling(device: str = "cuda", scale: float = 1.0) -> list[str]:
     sample(model, tok, "\n", SampleSettings(length=600, seed=1))  # warm-up
     rows.append(f"| SingleStep uses the fused cell kernel | {SingleStep(model).fused} |")
     for name, settings in variants.items():
-        uses_kernel = _Chooser.for_device(settings, tok.vocab_size, settings.num_samples, gen).kernel
+        uses_kernel = Chooser.for_device(settings, tok.vocab_size, settings.num_samples, gen).kernel
         rates = [sample(model, tok, "\n", settings).chars_per_sec for _ in range(2)]
         rows.append(f"| charrnn sample, {name} (kernel chooser: {uses_kernel}) | {statistics.median(rates):,.0f} |")
     # Where a call's time goes: a quarter-length call and a full one, differenced, split it into

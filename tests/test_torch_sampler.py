@@ -42,13 +42,13 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
 
 @pytest.mark.parametrize("top_k, top_p", [(3, 1.0), (0, 0.7), (4, 0.6), (0, 1.0)])
 def test_draws_stay_inside_the_filtered_set(top_k: int, top_p: float) -> None:
-    from charrnn.sample.torch_sampler import _Chooser
+    from charrnn.sample.torch_sampler import Chooser
 
     torch.manual_seed(0)
     logits = torch.randn(64, 20) * 2
     allowed = torch.isfinite(filter_logits(logits, top_k, top_p))
     generator = torch.Generator().manual_seed(0)
-    chooser = _Chooser(SampleSettings(temperature=1.0, top_k=top_k, top_p=top_p), 20, 64, generator)
+    chooser = Chooser(SampleSettings(temperature=1.0, top_k=top_k, top_p=top_p), 20, 64, generator)
     seen = torch.zeros_like(allowed)
     for gumbel in chooser.noise(1000):
         token = chooser(logits, gumbel)
@@ -59,10 +59,10 @@ def test_draws_stay_inside_the_filtered_set(top_k: int, top_p: float) -> None:
 
 
 def test_gumbel_draws_follow_the_softmax() -> None:
-    from charrnn.sample.torch_sampler import _Chooser
+    from charrnn.sample.torch_sampler import Chooser
 
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0]).repeat(20_000, 1)
-    chooser = _Chooser(SampleSettings(temperature=1.0), 4, 20_000, torch.Generator().manual_seed(1))
+    chooser = Chooser(SampleSettings(temperature=1.0), 4, 20_000, torch.Generator().manual_seed(1))
     tokens = chooser(logits, chooser.noise(1)[0])
     freq = torch.bincount(tokens, minlength=4).double() / tokens.numel()
     torch.testing.assert_close(freq, logits[0].double().softmax(-1), atol=0.015, rtol=0)

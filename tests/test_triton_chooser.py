@@ -1,7 +1,7 @@
 """Specification of charrnn.sample.triton_chooser, the one-kernel token chooser of the CUDA sampler.
 
 The kernel runs here in Triton's CPU interpreter (TRITON_INTERPRET=1, which must be set before
-Triton is imported, hence a fresh Python per test); on a GPU, `_Chooser.for_device` checks it
+Triton is imported, hence a fresh Python per test); on a GPU, `Chooser.for_device` checks it
 against the torch chooser again before using it. Skipped where Triton is not installed.
 """
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 PRELUDE = """
 import torch
 from charrnn.sample import triton_chooser as generate_triton
-from charrnn.sample.torch_sampler import _Chooser, filter_logits
+from charrnn.sample.torch_sampler import Chooser, filter_logits
 from charrnn.sample.settings import SampleSettings
 
 def gumbel(rows, vocab, seed):
@@ -62,8 +62,8 @@ def test_the_chooser_runs_the_kernel_over_noise_for_the_whole_vocabulary() -> No
     # distribution as the torch chooser's, which tests/test_torch_sampler.py checks against the softmax.
     _interpreted(
         """
-        chooser = _Chooser(SampleSettings(temperature=1.0, top_k=5, top_p=0.8), 66, 8, torch.Generator().manual_seed(3),
-                           kernel=True)
+        chooser = Chooser(SampleSettings(temperature=1.0, top_k=5, top_p=0.8), 66, 8, torch.Generator().manual_seed(3),
+                          kernel=True)
         assert chooser.width == 66  # noise over the whole vocabulary, not just the top k
         logits = torch.randn(8, 66)
         noise = chooser.noise(2)
@@ -81,7 +81,7 @@ def test_the_torch_chooser_is_kept_off_cuda_and_for_big_vocabularies() -> None:
     _interpreted(
         """
         settings = SampleSettings(temperature=1.0, top_p=0.9)
-        assert not _Chooser.for_device(settings, 66, 4, torch.Generator()).kernel  # the CPU: torch
+        assert not Chooser.for_device(settings, 66, 4, torch.Generator()).kernel  # the CPU: torch
         assert not generate_triton.available(generate_triton.MAX_VOCAB + 1)
         assert generate_triton.available(generate_triton.MAX_VOCAB)
         """
@@ -116,9 +116,9 @@ for top_k, top_p, block in [(False, False, 128), (True, True, 128), (True, True,
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_a_gpu_the_sampler_chooses_with_the_kernel() -> None:
     from charrnn.sample.settings import SampleSettings
-    from charrnn.sample.torch_sampler import _Chooser
+    from charrnn.sample.torch_sampler import Chooser
 
     generator = torch.Generator(device="cuda").manual_seed(0)
     for settings in (SampleSettings(temperature=0.8), SampleSettings(top_k=10, top_p=0.9)):
-        chooser = _Chooser.for_device(settings, 66, 4, generator)
+        chooser = Chooser.for_device(settings, 66, 4, generator)
         assert chooser.kernel and chooser.agrees_with_torch()

@@ -10,7 +10,7 @@ Token healing (`sampling.Healing`) and everything about text is shared with the
 numpy sampler (`text.py`).
 
 On a GPU, where a step costs what its kernel launches cost, three things cut them:
-blocks of steps replay as one CUDA graph (`_GraphBlock`); each LSTM or GRU layer is
+blocks of steps replay as one CUDA graph (`GraphBlock`); each LSTM or GRU layer is
 two products and torch's fused cell kernel (`SingleStep`); and the token is chosen
 by one Triton kernel, whatever the top-k and top-p (`triton_chooser.py`). Each of
 the last two is used only after it matched the torch arithmetic it replaces.
@@ -47,7 +47,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-class _Chooser:
+class Chooser:
     """Draws tokens by the Gumbel-max trick: argmax(logits + G), G = -log(-log(U)) for uniform U,
     is an exact sample of softmax(logits). The noise for a block of steps is drawn in one call
     from the seeded generator, so a step costs an add and an argmax, and the same code runs
@@ -68,7 +68,7 @@ class _Chooser:
             self.width = vocab
 
     @classmethod
-    def for_device(cls, settings: SampleSettings, vocab: int, batch: int, generator: torch.Generator) -> _Chooser:
+    def for_device(cls, settings: SampleSettings, vocab: int, batch: int, generator: torch.Generator) -> Chooser:
         """The kernel chooser where it runs and agrees with the torch one (checked once), else the torch one."""
         chooser = cls(settings, vocab, batch, generator)
         if generator.device.type != "cuda" or settings.temperature == 0 or not triton_chooser.available(vocab):
@@ -134,10 +134,10 @@ def _gumbel_(u: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _kernel_agrees(device: str, vocab: int, top_k: int, top_p: float) -> bool:
-    """`_Chooser.agrees_with_torch`, once per process for each device and filter setting."""
+    """`Chooser.agrees_with_torch`, once per process for each device and filter setting."""
     settings = SampleSettings(temperature=1.0, top_k=top_k, top_p=top_p)
     generator = torch.Generator(device=device)
-    return _Chooser(settings, vocab, 1, generator, kernel=True).agrees_with_torch()
+    return Chooser(settings, vocab, 1, generator, kernel=True).agrees_with_torch()
 
 
 def _start_tokens(tokenizer: Tokenizer, prime: str) -> tuple[torch.Tensor, int, str]:
@@ -199,12 +199,12 @@ def _sample(
     # so neither a host round trip nor per-stream Python runs at every step.
     block = BLOCK_CPU if device.type == "cpu" else 256
     pending: list[torch.Tensor] = []
-    graph: _GraphBlock | None = None
+    graph: GraphBlock | None = None
     # Bulk mode: a char model with nothing to watch (no printing, no stop strings) needs exactly
     # `length` tokens per stream, so the tokens stay on the device and are decoded once at the end.
     bulk = on_text is None and not settings.stop and tokenizer.kind == "char" and not healing.active
     collected: list[torch.Tensor] = []
-    chooser = _Chooser.for_device(settings, logits.shape[-1], batch, generator)
+    chooser = Chooser.for_device(settings, logits.shape[-1], batch, generator)
     greedy = settings.temperature == 0
     noise, noise_used = torch.empty(0), 0  # Gumbel noise drawn a block ahead, and how much of it is spent
     while unfinished:
@@ -212,7 +212,7 @@ def _sample(
             break
         if device.type == "cuda" and not healing.active and not pending and settings.temperature > 0:
             # On a GPU, whole blocks of steps replay as one captured CUDA graph.
-            graph = graph or _GraphBlock.build(step, layers, logits, chooser, scale, block)
+            graph = graph or GraphBlock.build(step, layers, logits, chooser, scale, block)
             if graph is not None:
                 tokens = graph.run()
                 generated += batch * block
@@ -259,14 +259,14 @@ def _sample(
 _WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured
 
 
-class _GraphBlock:
+class GraphBlock:
     """`block` sampling steps captured once as a CUDA graph and replayed: one launch per block
     instead of some thirty kernel launches per step, which is what bounds one stream on a GPU.
-    Before each replay, fresh noise is drawn into the captured buffer (see `_Chooser`).
+    Before each replay, fresh noise is drawn into the captured buffer (see `Chooser`).
     """
 
     def __init__(
-        self, step: SingleStep, layers: list, logits: torch.Tensor, chooser: _Chooser, scale: float, block: int
+        self, step: SingleStep, layers: list, logits: torch.Tensor, chooser: Chooser, scale: float, block: int
     ) -> None:
         self.step, self.chooser, self.scale, self.block = step, chooser, scale, block
         self.noise = chooser.noise(block)
@@ -287,7 +287,7 @@ class _GraphBlock:
             self._steps(self.logits, self.layers, block, scratch=False)
 
     @classmethod
-    def build(cls, *args) -> _GraphBlock | None:
+    def build(cls, *args) -> GraphBlock | None:
         # An older driver or torch without graph support, or a capture that fails for any other
         # reason (a kernel it cannot capture): stay eager, which runs the same steps uncaptured.
         try:

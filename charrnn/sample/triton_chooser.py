@@ -12,7 +12,7 @@ with a smaller id), and the probability held by the tokens before it is a masked
 same comparison. That is a (V, V) comparison per stream, so the kernel serves vocabularies up to
 `MAX_VOCAB` (char and byte models); larger ones keep the torch chooser.
 
-The semantics are those of `torch_sampler._Chooser` over the whole vocabulary: top-k keeps the k
+The semantics are those of `torch_sampler.Chooser` over the whole vocabulary: top-k keeps the k
 most likely tokens; top-p then keeps each token whose more likely (kept) tokens hold less than
 p of the kept probability, so the most likely token always stays; the draw is the argmax of the
 kept logits plus Gumbel noise, an exact sample of their softmax. Triton is imported only when a
