@@ -101,6 +101,18 @@ def test_stop_string_ends_the_sample_before_it(model_and_tokenizer) -> None:
     assert "".join(pieces) == result.texts[0]  # what was streamed is exactly the result
 
 
+def test_the_token_count_is_the_tokens_the_texts_used(model_and_tokenizer) -> None:
+    # A char model writes one character a token. A stop string ends a stream inside a block of 32
+    # steps: the count stops at the token that ended it, not at the end of the block.
+    model, tok = model_and_tokenizer
+    watch = lambda i, t: None  # noqa: E731 (text is handed out as it is made, block by block)
+    stopped = sample(model, tok, "", SampleSettings(length=400, seed=3, num_samples=3, stop=("o",)), watch)
+    assert all(len(text) < 400 for text in stopped.texts)
+    assert stopped.tokens == sum(len(text) + 1 for text in stopped.texts)  # each text, then its "o"
+    assert sample(model, tok, "", SampleSettings(length=45, seed=4, num_samples=2), watch).tokens == 2 * 45
+    assert sample(model, tok, "", SampleSettings(length=45, seed=4, num_samples=2)).tokens == 2 * 45  # bulk
+
+
 def test_streamed_pieces_equal_the_result(model_and_tokenizer) -> None:
     model, tok = model_and_tokenizer
     streamed: dict[int, str] = {0: "", 1: ""}

@@ -134,6 +134,13 @@ class StreamDecoder:
     def push(self, ids: Sequence[int] | torch.Tensor) -> str:
         return self._utf8.decode(_join_bytes(self._id_bytes, ids))
 
+    def getstate(self) -> tuple[bytes, int]:
+        """The bytes held back (as codecs' incremental decoders give it): `setstate` steps back to here."""
+        return self._utf8.getstate()
+
+    def setstate(self, state: tuple[bytes, int]) -> None:
+        self._utf8.setstate(state)
+
     def flush(self) -> str:
         # final=True turns a dangling incomplete sequence into U+FFFD and resets the state.
         return self._utf8.decode(b"", final=True)

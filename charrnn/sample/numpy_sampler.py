@@ -250,7 +250,7 @@ def sample_numpy(
     emit = on_text or (lambda i, t: None)
     unfinished = sum(not s.done for s in streams)
     pending = np.empty((batch, BLOCK_CPU), dtype=np.int64)  # tokens reach Python in blocks of steps
-    filled = generated = 0
+    filled = 0
     while unfinished:
         if healing.active:
             allowed = np.frombuffer(healing.allowed(), dtype=np.bool_).reshape(batch, -1)
@@ -260,7 +260,6 @@ def sample_numpy(
             healing.advance(token.tolist())
         pending[:, filled] = token
         filled += 1
-        generated += batch
         if filled == BLOCK_CPU or healing.active or filled >= settings.length:
             unfinished -= deliver(pending[:, :filled].tolist(), streams, emit)
             filled = 0
@@ -270,4 +269,5 @@ def sample_numpy(
         rest = stream.finish()
         if rest:
             emit(i, rest)
-    return SampleResult([s.text for s in streams], unknown, generated, time.perf_counter() - started)
+    used = sum(s.used for s in streams)
+    return SampleResult([s.text for s in streams], unknown, used, time.perf_counter() - started)

@@ -47,7 +47,7 @@ class SampleSettings:
 class SampleResult:
     texts: list[str]
     prime_unknown: int
-    tokens: int  # tokens generated over all streams
+    tokens: int  # tokens that made the texts, over all streams (not those computed past a stream's end)
     seconds: float
 
     @property

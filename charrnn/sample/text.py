@@ -34,6 +34,28 @@ class TextStream:
         self.stops = stops
         self.hold = max((len(s) for s in stops), default=1) - 1
         self.done = length == 0
+        self.used = 0  # ids that made the text, up to the one that finished it
+
+    def push(self, ids: Sequence[int]) -> str:
+        """Decode `ids` and `add` their text, counting in `used` the ids up to the one that finished it
+        (a stop string or the length can end the text inside a block of ids)."""
+        if self.done:
+            return ""
+        before = (self.decoder.getstate(), self.text, self.emitted, self.healed)
+        out = self.add(self.decoder.push(ids))
+        if not self.done:
+            self.used += len(ids)
+            return out
+        # Finished inside this block: step back and replay it one id at a time, to count the ids used.
+        state, self.text, self.emitted, self.healed = before
+        self.decoder.setstate(state)
+        self.done, out = False, ""
+        for count, token in enumerate(ids, 1):
+            out += self.add(self.decoder.push([token]))
+            if self.done:
+                self.used += count
+                break
+        return out
 
     def add(self, piece: str) -> str:
         """Append decoded text; return what may be printed now (held back: a possible stop-string start)."""
@@ -69,7 +91,7 @@ def deliver(rows: list[list[int]], streams: list[TextStream], emit: Callable[[in
     finished = 0
     for i, (stream, ids) in enumerate(zip(streams, rows)):
         if not stream.done:
-            out = stream.add(stream.decoder.push(ids))
+            out = stream.push(ids)
             if out:
                 emit(i, out)
             finished += stream.done

@@ -248,12 +248,14 @@ def _sample(
         # One copy to the host, then numpy decodes each row (a Python loop over 4 M tokens takes ~0.5 s).
         rows = torch.cat(collected)[: settings.length].t().cpu().numpy() if collected else [[] for _ in streams]
         texts = [tokenizer.decode(ids) for ids in rows]
-        return SampleResult(texts, unknown, generated, time.perf_counter() - started)
+        # Exactly `length` tokens of each stream are text, however many the last block computed.
+        return SampleResult(texts, unknown, batch * settings.length, time.perf_counter() - started)
     for i, stream in enumerate(streams):
         rest = stream.finish()
         if rest:
             emit(i, rest)
-    return SampleResult([s.text for s in streams], unknown, generated, time.perf_counter() - started)
+    used = sum(s.used for s in streams)  # not the whole last block where a stream ended inside it
+    return SampleResult([s.text for s in streams], unknown, used, time.perf_counter() - started)
 
 
 _WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured
