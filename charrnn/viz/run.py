@@ -11,6 +11,9 @@ import numpy as np
 from charrnn.errors import CharrnnError
 from charrnn.viz.explain import DEFAULT_MAX_CHARS, RANK_DEPTH, TOP_K, Explanation, with_units
 
+# Bytes of float32 states one pass may hold (every layer's h, and c, at every character).
+ACTIVATION_LIMIT = 2 << 30
+
 if TYPE_CHECKING:
     from charrnn.data.corpus import Corpus
     from charrnn.inference import Model
@@ -101,6 +104,13 @@ def explain_text(model: Model, text: str, *, title: str, source: str, total_char
     from charrnn.evaluate import compression_baselines
     from charrnn.score import char_alignment, token_labels
 
+    cfg = model.config
+    states = (2 if cfg.cell == "lstm" else 1) * cfg.num_layers * cfg.hidden_size
+    if len(text) * states * 4 > ACTIVATION_LIMIT:
+        raise CharrnnError(
+            f"the states of {len(text):,} characters of a {cfg.num_layers} x {cfg.hidden_size} {cfg.cell} "
+            f"take {len(text) * states * 4 / 1e9:.1f} GB: explain fewer with --max-chars"
+        )
     tokenizer = model.tokenizer
     ids = tokenizer.encode(text).numpy()
     if tokenizer.unk_id is not None and bool((ids == tokenizer.unk_id).all()):
@@ -114,7 +124,6 @@ def explain_text(model: Model, text: str, *, title: str, source: str, total_char
     activations = {"h": score.hidden}
     if score.cell is not None:
         activations["c"] = score.cell
-    cfg = model.config
     expl = Explanation(
         title=title,
         source=source,
