@@ -148,7 +148,7 @@ class CurvesWriter:
     Drawing takes a tenth of a second or so (importing matplotlib, the first time, half a second), time
     taken from training: an evaluation redraws only once the training since the last drawing is at
     least `1 / MAX_SHARE` times what that drawing took, so the pictures cost at most MAX_SHARE of the
-    run; the end of the run always draws. The first failure to draw is reported once through
+    run; `refresh(final=True)`, at the end of a run, always draws. The first failure to draw is reported once through
     `on_message`; the later ones stay quiet. Nothing here touches the model or a random generator.
     """
 
