@@ -1,26 +1,29 @@
 """Checkpoint files: written atomically, read without running any code from them.
 
-A checkpoint is one `torch.save` file holding only tensors and plain values
-(dicts, lists, strings, numbers), so it loads with `torch.load(weights_only=True)`,
-which refuses any pickled object that could run code. Tensors are moved to the
-CPU before saving, so a checkpoint written on a GPU loads anywhere. The layout
-is versioned by `FORMAT_VERSION`; see "Checkpoint format" in the README.
+A checkpoint (format 2) is one safetensors file: every tensor in its tensor section, and the
+rest of the payload as one JSON document in its header metadata, where each tensor appears as
+`{"$tensor": NAME}`. The layout is described key by key in docs/checkpoint-format.md. Format 1,
+the `torch.save` zip of charrnn 0.1, still loads (checkpoint_legacy.py); the format is told
+from the file's first bytes, never from its name.
 
-The same file can also be read without torch, into numpy arrays
-(`load_checkpoint(path, arrays=True)`, see `checkpoint_numpy.py`): that is how
-`charrnn sample` on the CPU starts in a fraction of the time `import torch` takes.
-Both readers go through the same checks, with the same messages. This module
-imports torch only inside the functions that need it.
+`load_checkpoint` gives the payload, a nested dict, with tensors as torch tensors, or with
+`arrays=True` as numpy arrays, read memory-mapped without importing torch: that is how
+`charrnn sample` on the CPU starts well before `import torch` alone would finish. A header is
+checked (format, version, and every weight's shape against what its config implies) before any
+tensor data is read. This module imports torch only inside the functions that need it.
 """
 
 from __future__ import annotations
 
-import pickle
+import json
+import math
 import re
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from charrnn.checkpoint_legacy import SUFFIX as LEGACY_SUFFIX
+from charrnn.checkpoint_legacy import is_legacy, read_legacy, unreadable
 from charrnn.config import ModelConfig, TrainConfig, from_dict
 from charrnn.data.tokenizers import Tokenizer, tokenizer_from_state
 from charrnn.errors import CharrnnError
@@ -33,35 +36,123 @@ if TYPE_CHECKING:
     from charrnn.model import RNNLanguageModel
 
 FORMAT = "charrnn-checkpoint"
-FORMAT_VERSION = 1
-BEST, LAST = "best.pt", "last.pt"
+FORMAT_VERSION = 2
+SUFFIX = ".safetensors"
+BEST, LAST = "best" + SUFFIX, "last" + SUFFIX
+LEGACY_BEST, LEGACY_LAST = "best" + LEGACY_SUFFIX, "last" + LEGACY_SUFFIX
+METADATA_KEY = "charrnn"  # the header metadata entry holding the payload's JSON
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks in each layer's stacked weights
+# Element types a checkpoint may hold (safetensors' names): what numpy reads without torch.
+DTYPES = frozenset({"F64", "F32", "F16", "I64", "I32", "I16", "I8", "U8", "BOOL"})
+_STORED_DTYPES = frozenset({"float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"})
+_INT_KEY = re.compile("-?[0-9]{1,18}")
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
-def to_cpu(value: Any) -> Any:
-    """A copy of nested dicts/lists/tuples with every tensor moved to the CPU."""
-    import torch
+# --- the payload as JSON with tensor references ---------------------------------------------
 
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
+
+def _encode(value: Any, name: str, tensors: dict[str, Any]) -> Any:
+    """`value` as strict JSON; each tensor goes into `tensors` under its path `name` ("a/b/0").
+    What JSON cannot say exactly is marked: tuples, int-keyed dicts (the optimizer's state) and
+    non-finite floats. Anything else is a bug in the caller (TypeError)."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # a torch tensor or a numpy array
+        if name in tensors:
+            raise TypeError(f"two tensors of a checkpoint would both be named {name!r}")
+        tensors[name] = value
+        return {"$tensor": name}
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, tuple):
+        return {"$tuple": [_encode(v, _child(name, i), tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, _child(name, i), tensors) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_cpu(v) for v in value)
-    return value
+        if all(type(k) is str for k in value):
+            if len(value) == 1 and next(iter(value)).startswith("$"):
+                raise TypeError(f"a checkpoint cannot hold a dict whose only key is {next(iter(value))!r}")
+            return {k: _encode(v, _child(name, k), tensors) for k, v in value.items()}
+        if all(type(k) is int and type(k) is not bool for k in value):
+            return {"$int_keys": {str(k): _encode(v, _child(name, k), tensors) for k, v in value.items()}}
+    raise TypeError(f"a checkpoint cannot hold {type(value).__name__} (at {name or 'the top'})")
+
+
+def _child(name: str, key: str | int) -> str:
+    return f"{name}/{key}" if name else str(key)
+
+
+class _Malformed(Exception):
+    """The metadata's JSON is not an encoded payload."""
+
+
+def _decode(value: Any, tensor: Callable[[str], Any]) -> Any:
+    """The payload `_encode` described, with `tensor(name)` in place of each tensor reference."""
+    if isinstance(value, list):
+        return [_decode(v, tensor) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1:
+        ((key, inner),) = value.items()
+        if key == "$tensor":
+            if not isinstance(inner, str):
+                raise _Malformed("a tensor reference is not a name")
+            return tensor(inner)
+        if key == "$tuple":
+            if not isinstance(inner, list):
+                raise _Malformed("a tuple is not a list")
+            return tuple(_decode(v, tensor) for v in inner)
+        if key == "$int_keys":
+            if not isinstance(inner, dict) or not all(_INT_KEY.fullmatch(k) for k in inner):
+                raise _Malformed("an int-keyed dict has a key that is not an integer")
+            return {int(k): _decode(v, tensor) for k, v in inner.items()}
+        if key == "$float":
+            if inner not in _NON_FINITE:
+                raise _Malformed("a non-finite float is not nan, inf or -inf")
+            return _NON_FINITE[inner]
+    return {k: _decode(v, tensor) for k, v in value.items()}
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def to_safetensors(payload: dict[str, Any]) -> bytes:
+    """The bytes of a safetensors file holding `payload` exactly as given (format keys included)."""
+    import torch
+    from safetensors.torch import save
+
+    tensors: dict[str, Any] = {}
+    document = _encode(payload, "", tensors)
+    for name, value in tensors.items():
+        if str(value.dtype).removeprefix("torch.") not in _STORED_DTYPES:
+            raise TypeError(f"a checkpoint cannot hold {value.dtype} tensors ({name}): numpy could not read them")
+    # Each tensor its own contiguous CPU copy: tied weights (head.weight is embed.weight) share
+    # memory, which safetensors refuses, and views carry strides it cannot store.
+    own = {
+        name: (torch.from_numpy(value.copy()) if type(value).__module__ == "numpy" else value.detach()).to(
+            "cpu", memory_format=torch.contiguous_format, copy=True
+        )
+        for name, value in tensors.items()
+    }
+    text = json.dumps(document, allow_nan=False, separators=(",", ":"))  # ASCII: \u escapes for the rest
+    return save(own, metadata={METADATA_KEY: text})
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    import torch
+    """Write `payload` as a format-2 checkpoint, atomically: a crash leaves the old file or the new one."""
+    versioned = {k: v for k, v in payload.items() if k not in ("format", "format_version")}
+    data = to_safetensors({"format": FORMAT, "format_version": FORMAT_VERSION, **versioned})
+    atomic_write(path, lambda handle: handle.write(data))
 
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **to_cpu(payload)}
-    atomic_write(path, lambda handle: torch.save(payload, handle))
+
+# --- reading ----------------------------------------------------------------------------------
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """A run directory means its `best` checkpoint (or `last` if it has no best yet)."""
+    """A run directory means its `best` checkpoint (or `last` if it has no best yet), of either format."""
     if path.is_dir():
-        for name in (BEST, LAST):
+        for name in (BEST, LEGACY_BEST, LAST, LEGACY_LAST):
             if (path / name).is_file():
                 return path / name
         raise CharrnnError(f"{path} holds no checkpoint ({BEST} or {LAST})")
@@ -72,15 +163,29 @@ def resolve_checkpoint(path: Path) -> Path:
 
 def load_checkpoint(path: Path, *, arrays: bool = False) -> dict[str, Any]:
     """Read and check a checkpoint file (or a run directory's best), onto the CPU.
-    Tensors come back as torch tensors, or with `arrays=True` as numpy arrays, read without torch."""
+    Tensors come back as torch tensors, or with `arrays=True` as numpy arrays, read without torch
+    (a format-1 file needs torch to read, and then gives numpy arrays too)."""
     path = resolve_checkpoint(path)
-    if path.stat().st_size == 0:
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(8)
+    except OSError as exc:
+        raise CharrnnError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not start:
         raise CharrnnError(f"{path} is empty: not a charrnn checkpoint")
-    payload = _read_arrays(path) if arrays else _read_tensors(path)
+    if is_legacy(start):
+        payload = read_legacy(path, arrays=arrays)
+        _check_payload(path, payload)
+        return payload
+    return _read_safetensors(path, arrays=arrays)
+
+
+def _check_payload(path: Path, payload: Any) -> None:
+    """The parts every checkpoint has: its format, a version this charrnn reads, a config, tokenizer, weights."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CharrnnError(f"{path} is not a charrnn checkpoint")
     version = payload.get("format_version")
-    if not isinstance(version, int):
+    if type(version) is not int:
         raise CharrnnError(f"{path} has no format version: not a charrnn checkpoint")
     if version > FORMAT_VERSION:
         raise CharrnnError(
@@ -90,48 +195,74 @@ def load_checkpoint(path: Path, *, arrays: bool = False) -> dict[str, Any]:
     for key in ("model_config", "tokenizer", "model"):
         if not isinstance(payload.get(key), dict):
             raise CharrnnError(f"{path} is missing its {key.replace('_', ' ')}")
-    return payload
 
 
-def _refused(path: Path, name: str) -> CharrnnError:
-    return CharrnnError(
-        f"{path} was refused: it asks to load {name}, and a checkpoint may hold only "
-        "tensors and plain values (it was not loaded)"
-    )
+class _Header:
+    """A tensor as its header describes it (shape and element type), before its data is read."""
+
+    def __init__(self, shape: list[int], dtype: str) -> None:
+        self.shape, self.dtype = tuple(shape), dtype
 
 
-def _unreadable(path: Path, why: str) -> CharrnnError:
-    return CharrnnError(f"{path} is not a readable charrnn checkpoint ({why})")
-
-
-def _read_tensors(path: Path) -> Any:
-    import torch
+def _read_safetensors(path: Path, *, arrays: bool) -> dict[str, Any]:
+    from safetensors import SafetensorError, safe_open
 
     try:
-        with warnings.catch_warnings():  # torch warns about odd pickles it then refuses: one message is enough
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # weights_only refuses any global it does not know; anything else it cannot parse is corruption.
-        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if refused:
-            raise _refused(path, refused.group(1)) from None
-        raise _unreadable(path, "corrupt pickle data") from None
-    except Exception as exc:  # a damaged file can make torch.load fail in many ways (IndexError, struct.error, ...)
-        raise _unreadable(path, f"truncated or corrupt: {type(exc).__name__}") from None
+        with safe_open(str(path), framework="np") as handle:  # parses and checks the header; maps the file
+            document = _document(path, handle.metadata())
+            headers = {name: handle.get_slice(name) for name in handle.keys()}
+            headers = {name: _Header(s.get_shape(), s.get_dtype()) for name, s in headers.items()}
+            _check_tensors(path, document, headers)
 
+            def read(name: str) -> Any:
+                array = handle.get_tensor(name)
+                if arrays:
+                    return array
+                import torch
 
-def _read_arrays(path: Path) -> Any:
-    from charrnn.checkpoint_numpy import RefusedGlobal, UnreadableCheckpoint, read_checkpoint_file
+                return torch.from_numpy(array)
 
-    try:
-        return read_checkpoint_file(path)
-    except RefusedGlobal as exc:
-        raise _refused(path, exc.name) from None
-    except UnreadableCheckpoint as exc:
-        raise _unreadable(path, f"truncated or corrupt: {exc}") from None
-    except OSError as exc:  # the file could not be opened (parse failures are UnreadableCheckpoint)
+            # The skeleton: tokenizer tensors read (small), every other tensor only its header.
+            skeleton = _decode(document, lambda name: read(name) if name.startswith("tokenizer/") else headers[name])
+            _check_payload(path, skeleton)
+            _config_and_tokenizer(skeleton, finite=False)  # a config claiming a huge model is refused here
+            return _decode(document, read)
+    except SafetensorError as exc:
+        raise unreadable(path, f"truncated or corrupt: {str(exc).strip()[:160]}") from None
+    except OSError as exc:
         raise CharrnnError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _document(path: Path, metadata: dict[str, str] | None) -> Any:
+    """The payload's JSON from the header metadata (tensors still references)."""
+    text = (metadata or {}).get(METADATA_KEY)
+    if text is None:
+        raise CharrnnError(f"{path} is not a charrnn checkpoint (a safetensors file without charrnn's metadata)")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise unreadable(path, "its metadata is not JSON") from None
+
+
+def _check_tensors(path: Path, document: Any, headers: dict[str, _Header]) -> None:
+    """Every tensor reference names a tensor of the file, every tensor is referenced, all of known types."""
+    named: list[str] = []
+    try:
+        _decode(document, lambda name: named.append(name))
+    except (_Malformed, RecursionError) as exc:
+        raise unreadable(path, f"malformed metadata: {exc}") from None
+    missing = sorted(set(named) - set(headers))
+    if missing:
+        raise unreadable(path, f"its metadata names a tensor the file does not hold: {missing[0][:100]}")
+    unnamed = sorted(set(headers) - set(named))
+    if unnamed:
+        raise unreadable(path, f"tensor {unnamed[0][:100]} is named nowhere in its metadata")
+    odd = sorted({header.dtype for header in headers.values()} - DTYPES)
+    if odd:
+        raise unreadable(path, f"it holds {odd[0][:16]} tensors, which charrnn does not read")
+
+
+# --- checking the model a payload describes ----------------------------------------------------
 
 
 def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -155,9 +286,9 @@ def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _config_and_tokenizer(payload: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
+def _config_and_tokenizer(payload: dict[str, Any], *, finite: bool = True) -> tuple[ModelConfig, Tokenizer]:
     """The model config and tokenizer a checkpoint describes, and its weights checked against them:
-    every shape the config implies, nothing else, every value finite."""
+    every shape the config implies, nothing else, and (with `finite`) every value finite."""
     try:
         cfg = from_dict(ModelConfig, payload["model_config"])
     except CharrnnError as exc:
@@ -185,13 +316,13 @@ def _config_and_tokenizer(payload: dict[str, Any]) -> tuple[ModelConfig, Tokeniz
         raise CharrnnError(
             f"checkpoint weights do not match its model config: unexpected key(s) {', '.join(map(str, extra))[:200]}"
         )
-    if not all(_all_finite(state[key]) for key in expected):
+    if finite and not all(_all_finite(state[key]) for key in expected):
         raise CharrnnError("checkpoint holds non-finite (NaN or infinite) weights")
     return cfg, tokenizer
 
 
 def _is_array(value: Any) -> bool:
-    """A torch tensor or a numpy array (whichever reader built the payload)."""
+    """A torch tensor, a numpy array, or a tensor's header (whichever reader built the payload)."""
     return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
@@ -231,3 +362,39 @@ def arrays_from_checkpoint(payload: dict[str, Any]) -> tuple[ModelConfig, Tokeni
 
 def train_config_of(payload: dict[str, Any]) -> TrainConfig:
     return from_dict(TrainConfig, payload.get("train_config") or {})
+
+
+# --- format 1 -> format 2 ----------------------------------------------------------------------
+
+
+def convert(path: Path, out: Path | None = None) -> list[tuple[Path, Path]]:
+    """Rewrite format-1 checkpoints as format 2: one OLD.pt as `out` (default: OLD.safetensors beside
+    it), or every .pt file of a run directory (into `out`, a directory, if given). The old files stay;
+    an existing target is never overwritten. Returns the (old, new) pairs written."""
+    if path.is_dir():
+        sources = sorted(path.glob("*" + LEGACY_SUFFIX))
+        if not sources:
+            raise CharrnnError(f"{path} holds no format-1 ({LEGACY_SUFFIX}) checkpoints to convert")
+        pairs = [(source, (out or path) / source.with_suffix(SUFFIX).name) for source in sources]
+    elif path.exists():
+        pairs = [(path, out or path.with_suffix(SUFFIX))]
+    else:
+        raise CharrnnError(f"no such run or checkpoint: {path}")
+    for _, target in pairs:
+        if target.exists() or target.is_symlink():
+            raise CharrnnError(f"{target} already exists: remove it or name another target (nothing was converted)")
+    payloads = [_legacy_payload(source) for source, _ in pairs]  # all checked before anything is written
+    for (_, target), payload in zip(pairs, payloads):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(target, payload)
+    return pairs
+
+
+def _legacy_payload(path: Path) -> dict[str, Any]:
+    """A format-1 checkpoint's payload, checked as `eval` would check it."""
+    with open(path, "rb") as handle:
+        if not is_legacy(handle.read(8)):
+            raise CharrnnError(f"{path} is not a format-1 (torch zip) checkpoint: nothing to convert")
+    payload = load_checkpoint(path)
+    _config_and_tokenizer(payload)
+    return payload

@@ -61,7 +61,7 @@ def atomic_write(path: Path, write: Any) -> None:
                 raise recorder.error from None  # torch.save reports a failed write as a RuntimeError
             handle.flush()
             os.fsync(handle.fileno())
-        if (slow := os.environ.get("CHARRNN_TEST_SLOW_SAVE")) and path.suffix == ".pt":
+        if (slow := os.environ.get("CHARRNN_TEST_SLOW_SAVE")) and path.suffix == ".safetensors":
             time.sleep(float(slow))  # test hook: hold a checkpoint between write and rename, for kill tests
         os.replace(tmp, path)
     except OSError as exc:

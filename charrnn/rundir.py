@@ -1,11 +1,14 @@
 """A run directory: its checkpoints, config, metrics log, and the lock that makes one writer.
 
 runs/NAME/
-  best.pt        lowest validation loss so far (weights, config, tokenizer)
-  last.pt        latest state, with everything `--resume` needs
-  config.json    the resolved model and training config, and the corpus it read
-  metrics.jsonl  one JSON object a line: step, time, train loss, val loss, lr, chars/s
-  .lock          held (flock) by the `charrnn train` writing here
+  best.safetensors  lowest validation loss so far (weights, config, tokenizer)
+  last.safetensors  latest state, with everything `--resume` needs
+  config.json       the resolved model and training config, and the corpus it read
+  metrics.jsonl     one JSON object a line: step, time, train loss, val loss, lr, chars/s
+  .lock             held (flock) by the `charrnn train` writing here
+
+A run from charrnn 0.1 holds best.pt and last.pt (format 1) instead: it is still a run, and
+resuming it reads last.pt and from then on writes the .safetensors files.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from charrnn.checkpoint import BEST, LAST
+from charrnn.checkpoint import BEST, LAST, LEGACY_BEST, LEGACY_LAST
 from charrnn.errors import CharrnnError
 from charrnn.files import atomic_write
 
@@ -25,16 +28,25 @@ from charrnn.files import atomic_write
 class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.best = path / BEST
+        self.best = path / BEST  # what this charrnn writes
         self.last = path / LAST
+        self.legacy_best = path / LEGACY_BEST  # what charrnn 0.1 wrote, read but never written
+        self.legacy_last = path / LEGACY_LAST
         self.config = path / "config.json"
         self.metrics = path / "metrics.jsonl"
         self._lock_fd: int | None = None
         self._made: list[Path] = []  # directories create() made, deepest first
         self._made_lock = False
 
+    def resume_from(self) -> Path | None:
+        """The last checkpoint to resume from: last.safetensors, or a 0.1 run's last.pt; None if neither."""
+        return next((path for path in (self.last, self.legacy_last) if path.is_file()), None)
+
+    def has_checkpoint(self) -> bool:
+        return any(path.exists() for path in (self.best, self.last, self.legacy_best, self.legacy_last))
+
     def create(self, *, fresh: bool) -> None:
-        if fresh and self.last.exists():
+        if fresh and (self.last.exists() or self.legacy_last.exists()):
             raise CharrnnError(f"run {self.path} already exists: pass --resume to continue it, or choose another --run")
         missing = self.path
         while not missing.exists() and missing != missing.parent:
@@ -72,7 +84,7 @@ class RunDir:
         and metrics in them) is removed, so a failed command leaves nothing behind."""
         if self._lock_fd is None:
             return
-        if not (self.best.exists() or self.last.exists()):
+        if not self.has_checkpoint():
             leftovers = [self.path / ".lock"] if self._made_lock else []
             if self._made:
                 leftovers += [self.config, self.metrics, *self.path.glob(".*.tmp")]

@@ -360,7 +360,8 @@ class Trainer:
                 bad_in_a_row += 1
                 self.report.on_message(f"step {self.p.step + 1}: non-finite loss or gradient, update skipped")
                 if bad_in_a_row >= NONFINITE_LIMIT:
-                    kept = f"the last good checkpoint is {self.run.last}" if self.run.last.exists() else "nothing saved"
+                    good = self.run.resume_from()
+                    kept = f"the last good checkpoint is {good}" if good else "nothing saved"
                     raise CharrnnError(
                         f"training diverged: {bad_in_a_row} steps in a row had a non-finite loss; "
                         f"try a lower --lr; {kept}"
@@ -536,7 +537,7 @@ def _claim(run: RunDir, *, fresh: bool) -> None:
 
 def _started_by_this_job(run: RunDir) -> bool:
     """The run holds a checkpoint that an earlier attempt of this torchrun job wrote."""
-    if not run.last.is_file():
+    if run.resume_from() is None:
         return False
     try:
         launch = run.read_config().get("torchrun") or {}
@@ -607,11 +608,12 @@ def _open_last(run: RunDir) -> dict[str, Any]:
     """Lock the run and read its last checkpoint."""
     if not run.path.is_dir():
         raise CharrnnError(f"cannot resume: no run directory {run.path}")
-    if not run.last.is_file():
+    last = run.resume_from()  # last.safetensors, or a 0.1 run's last.pt
+    if last is None:
         raise CharrnnError(f"cannot resume: {run.path} has no {run.last.name} checkpoint")
     run.lock()
     try:
-        return load_checkpoint(run.last)
+        return load_checkpoint(last)
     except CharrnnError:
         run.unlock()
         raise

@@ -173,7 +173,7 @@ CASES: dict[str, Case] = {
     ),
     "resume a missing run": Case(_cmd("train", "--resume", "{w}/no-run"), "no run directory"),
     "resume a directory without checkpoint": Case(
-        _cmd("train", "--resume", "{w}/nothing"), "has no last.pt", lambda w: (w / "nothing").mkdir()
+        _cmd("train", "--resume", "{w}/nothing"), "has no last.safetensors", lambda w: (w / "nothing").mkdir()
     ),
     "resume with a corpus": Case(_cmd("train", "{w}/corpus.txt", "--resume", "{w}/run"), "give no CORPUS"),
     "resume after the corpus changed": Case(

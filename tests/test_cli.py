@@ -25,7 +25,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, real_text: str) -> Pat
 
 def test_train_writes_a_complete_run(trained_run: Path) -> None:
     names = {p.name for p in trained_run.iterdir()}
-    assert {"best.pt", "last.pt", "config.json", "metrics.jsonl"} <= names
+    assert {"best.safetensors", "last.safetensors", "config.json", "metrics.jsonl"} <= names
     config = json.loads((trained_run / "config.json").read_text())
     assert config["model"]["hidden_size"] == 32 and config["train"]["max_steps"] == 30
     records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
@@ -57,7 +57,7 @@ def test_eval_reports_splits_and_baselines(trained_run: Path) -> None:
 def test_eval_on_given_text_counts_unknown_characters(trained_run: Path, tmp_path: Path) -> None:
     text = tmp_path / "held.txt"
     text.write_text("And God said ☃☃ unto them\n")
-    result = charrnn("eval", str(trained_run / "best.pt"), str(text), "--json", "--no-baselines")
+    result = charrnn("eval", str(trained_run / "best.safetensors"), str(text), "--json", "--no-baselines")
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout)[str(text)]
     assert row["unknown"] == 2 and row["chars"] == len(text.read_text()) - 1

@@ -30,7 +30,7 @@ from charrnn.train import resume, train
 
 MODEL = {"num_layers": 1, "hidden_size": 32, "embed_size": 16}
 CONFIG = TrainConfig(batch_size=4, seq_len=16, eval_interval=10, log_interval=5, max_steps=10, device="cpu")
-CHECKPOINTS = ("last.pt", "best.pt")
+CHECKPOINTS = ("last.safetensors", "best.safetensors")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,10 +91,10 @@ def trained_run(tmp_path: Path, corpus_file: Path) -> Path:
 
 def test_a_failed_checkpoint_save_keeps_the_old_file(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = _contents(trained_run)
-    payload = load_checkpoint(trained_run / "last.pt")
+    payload = load_checkpoint(trained_run / "last.safetensors")
     _fill_the_disk(monkeypatch)
-    with pytest.raises(CharrnnError, match=r"could not save .*last\.pt: the disk is full; the previous file is intact"):
-        save_checkpoint(trained_run / "last.pt", payload)
+    with pytest.raises(CharrnnError, match=r"could not save .*last\.safetensors: the disk is full; the previous file is intact"):
+        save_checkpoint(trained_run / "last.safetensors", payload)
     _assert_intact(trained_run, before)
 
 

@@ -71,7 +71,7 @@ def torchrun(
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run / "last.pt")["model"]
+    return load_checkpoint(run / "last.safetensors")["model"]
 
 
 def _trajectory(run: Path) -> list[tuple]:
@@ -103,7 +103,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> dict[str,
 
 
 def test_two_ranks_train_the_model_one_process_trains_with_all_streams(runs: dict) -> None:
-    two, one = load_checkpoint(runs["two"] / "last.pt"), load_checkpoint(runs["one"] / "last.pt")
+    two, one = load_checkpoint(runs["two"] / "last.safetensors"), load_checkpoint(runs["one"] / "last.safetensors")
     assert two["metrics"]["step"] == one["metrics"]["step"] == STEPS
     for name, expected in one["model"].items():
         torch.testing.assert_close(two["model"][name], expected, rtol=1e-4, atol=1e-5, msg=name)
@@ -155,7 +155,7 @@ def test_a_two_rank_checkpoint_is_an_ordinary_one(runs: dict, tmp_path: Path) ->
     shutil.copytree(runs["one"], one)
     assert resume(two, budget={"max_steps": STEPS + 10}).steps == STEPS + 10
     assert resume(one, budget={"max_steps": STEPS + 10}).steps == STEPS + 10
-    state = load_checkpoint(two / "last.pt")["train_state"]
+    state = load_checkpoint(two / "last.safetensors")["train_state"]
     assert (state["batch_size"], state["world_size"]) == (8, 1)
     for name, expected in _weights(one).items():
         torch.testing.assert_close(_weights(two)[name], expected, rtol=1e-4, atol=1e-5, msg=name)
@@ -169,7 +169,7 @@ def test_a_one_process_run_resumes_on_two_ranks(runs: dict, tmp_path: Path) -> N
     job = torchrun("train", "--resume", str(shared), "--max-steps", str(STEPS + 10), "--quiet")
     assert job.returncode == 0, job.stderr[-3000:]
     assert resume(alone, budget={"max_steps": STEPS + 10}).steps == STEPS + 10
-    state = load_checkpoint(shared / "last.pt")["train_state"]
+    state = load_checkpoint(shared / "last.safetensors")["train_state"]
     assert (state["batch_size"], state["world_size"]) == (8, 2)
     for name, expected in _weights(alone).items():
         torch.testing.assert_close(_weights(shared)[name], expected, rtol=1e-4, atol=1e-5, msg=name)
@@ -201,7 +201,7 @@ def test_weight_drop_trains_data_parallel(text_file: Path, tmp_path: Path) -> No
     args = [*SETTINGS[: SETTINGS.index("--max-steps")], "--max-steps", "10", "--weight-drop", "0.3", "--quiet"]
     done = torchrun("train", str(text_file), "--run", str(run), "--batch-size", "4", *args)
     assert done.returncode == 0, done.stderr[-3000:]
-    payload = load_checkpoint(run / "last.pt")
+    payload = load_checkpoint(run / "last.safetensors")
     assert payload["model_config"]["weight_drop"] == 0.3 and payload["metrics"]["step"] == 10
     model_from_checkpoint(payload)
 
@@ -233,7 +233,7 @@ def test_killing_one_rank_ends_the_whole_job_within_seconds(text_file: Path, tmp
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not (run / "best.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        while not (run / "best.safetensors").exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         ranks = _workers(proc.pid)
         assert sorted(ranks) == [0, 1], f"ranks not found ({ranks}); log: {(tmp_path / 'torchrun.log').read_text()}"
@@ -250,9 +250,9 @@ def test_killing_one_rank_ends_the_whole_job_within_seconds(text_file: Path, tmp
     assert proc.returncode != 0
     assert took < 20, f"the job took {took:.1f}s to end after a rank died"
     assert not Path(f"/proc/{ranks[0]}").exists(), "rank 0 outlived the job"
-    for name in ("last.pt", "best.pt"):
+    for name in ("last.safetensors", "best.safetensors"):
         model_from_checkpoint(load_checkpoint(run / name))
-    assert isinstance(load_checkpoint(run / "last.pt")["train_state"], dict)
+    assert isinstance(load_checkpoint(run / "last.safetensors")["train_state"], dict)
 
 
 def test_a_restarted_job_continues_from_its_last_checkpoint_exactly(

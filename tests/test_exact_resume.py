@@ -111,12 +111,12 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
         expected_step = STOP_AT
         for name in hook:
             monkeypatch.delenv(name)
-    assert load_checkpoint(run / "last.pt")["metrics"]["step"] == expected_step
+    assert load_checkpoint(run / "last.safetensors")["metrics"]["step"] == expected_step
 
     result = resume(run)
     assert result.steps == MAX_STEPS
 
     straight = uninterrupted[cell]
-    _assert_same_weights(run / "last.pt", straight / "last.pt")
-    _assert_same_weights(run / "best.pt", straight / "best.pt")
+    _assert_same_weights(run / "last.safetensors", straight / "last.safetensors")
+    _assert_same_weights(run / "best.safetensors", straight / "best.safetensors")
     assert _trajectory(run) == _trajectory(straight)

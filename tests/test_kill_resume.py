@@ -4,7 +4,7 @@ A harness trains with a save after every step and kills the process again and ag
 moments from its start (while it imports, reads the corpus, trains or saves) and at random short
 delays after a checkpoint write has begun. CHARRNN_TEST_SLOW_SAVE (charrnn/checkpoint.py) holds each
 save between writing its temporary file and renaming it, so many kills land mid-save. After each
-kill every file of the run must be whole: best.pt and last.pt load and hold a usable model,
+kill every file of the run must be whole: best.safetensors and last.safetensors load and hold a usable model,
 config.json parses, metrics.jsonl is valid JSON up to its last complete line, and the run resumes
 to completion (one more step here, in this process); then the next kill round resumes it again.
 Two runs are killed side by side, since starting a process is most of the cost.
@@ -45,15 +45,15 @@ def _saving(run: Path, pid: int) -> bool:
 
 
 def _check_whole(run: Path) -> int | None:
-    """Assert that every file the run holds is whole; return the step last.pt holds (None: no last.pt)."""
+    """Assert that every file the run holds is whole; return the step last.safetensors holds (None: no last.safetensors)."""
     step = None
-    for name in ("best.pt", "last.pt"):
+    for name in ("best.safetensors", "last.safetensors"):
         path = run / name
         if path.exists():
             payload = load_checkpoint(path)  # raises on a truncated or corrupt file
             model_from_checkpoint(payload)  # shapes match, weights finite
-            if name == "last.pt":
-                assert isinstance(payload.get("train_state"), dict), "last.pt lacks its training state"
+            if name == "last.safetensors":
+                assert isinstance(payload.get("train_state"), dict), "last.safetensors lacks its training state"
                 step = payload["metrics"]["step"]
     if (run / "config.json").exists():
         json.loads((run / "config.json").read_text())
@@ -68,7 +68,7 @@ def _check_whole(run: Path) -> int | None:
 def _wait_for_a_save(run: Path, proc: subprocess.Popen[bytes], *, also_first_checkpoint: bool) -> None:
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
-        if (run / f".last.pt.{proc.pid}.tmp").exists() and (not also_first_checkpoint or (run / "last.pt").exists()):
+        if (run / f".last.safetensors.{proc.pid}.tmp").exists() and (not also_first_checkpoint or (run / "last.safetensors").exists()):
             return
         time.sleep(0.001)
 
@@ -88,13 +88,13 @@ def _kill_repeatedly(run: Path, corpus: Path, kills: int, seed: int, resume_lock
     fresh += ["--save-interval", "1", "--max-steps", BIG, "--device", "cpu"]
     again = [sys.executable, "-m", "charrnn", "train", "--resume", str(run), "--max-steps", BIG, "--quiet"]
     for kill in range(kills):
-        command = again if (run / "last.pt").exists() else fresh
+        command = again if (run / "last.safetensors").exists() else fresh
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if kill % 4 == 0:
             time.sleep(rng.uniform(0.0, 2.5))  # anywhere: imports, reading the corpus, training, saving
         else:
             # Wait for this process's first checkpoint write (and, mostly, for a fresh run's first
-            # last.pt to land), then kill at once or a little later.
+            # last.safetensors to land), then kill at once or a little later.
             _wait_for_a_save(run, proc, also_first_checkpoint=kill % 8 != 1)
             time.sleep(rng.choice([0.0, 0.005, rng.uniform(0.0, 0.2)]))
         tally.mid_save += _saving(run, proc.pid)

@@ -66,7 +66,7 @@ def test_a_few_nonfinite_updates_are_skipped_with_a_warning(
     warnings = [m for m in messages if "non-finite loss or gradient, update skipped" in m]
     assert len(warnings) == 3, messages
     assert all(math.isfinite(r["train_loss"]) for r in result.history)
-    for name in ("last.pt", "best.pt"):
+    for name in ("last.safetensors", "best.safetensors"):
         _assert_sound(tmp_path / "run" / name)
 
 
@@ -77,7 +77,7 @@ def test_the_warning_reaches_the_user(tmp_path: Path, corpus_file: Path) -> None
     assert done.returncode == 0, done.stderr
     assert "step 3: non-finite loss or gradient, update skipped" in done.stdout
     assert done.stderr == ""
-    _assert_sound(run / "last.pt")
+    _assert_sound(run / "last.safetensors")
 
 
 def test_nonfinite_from_some_point_on_stops_training_and_keeps_the_checkpoints(
@@ -85,7 +85,7 @@ def test_nonfinite_from_some_point_on_stops_training_and_keeps_the_checkpoints(
 ) -> None:
     run = tmp_path / "run"
     train(find_corpus([str(corpus_file)]), MODEL, TrainConfig(**{**asdict(CONFIG), "max_steps": 10}), run)
-    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
+    before = {name: (run / name).read_bytes() for name in ("last.safetensors", "best.safetensors")}
 
     # Continue it: updates 11 and 12 go through, then every one from the 13th is poisoned.
     poisoned = charrnn("train", "--resume", str(run), "--max-steps", "60", "--quiet", env=_poison(*range(13, 100)))
@@ -93,7 +93,7 @@ def test_nonfinite_from_some_point_on_stops_training_and_keeps_the_checkpoints(
     assert poisoned.returncode == 1
     assert poisoned.stderr == (
         f"charrnn: error: training diverged: {NONFINITE_LIMIT} steps in a row had a non-finite loss; "
-        f"try a lower --lr; the last good checkpoint is {run / 'last.pt'}\n"
+        f"try a lower --lr; the last good checkpoint is {run / 'last.safetensors'}\n"
     )
     assert {name: (run / name).read_bytes() for name in before} == before
     for name in before:

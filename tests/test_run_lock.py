@@ -74,7 +74,7 @@ def test_a_second_writer_is_refused_until_the_first_dies(tmp_path: Path, corpus_
         first.communicate(timeout=30)
 
     # The kernel dropped the dead writer's lock: the run can be taken straight away.
-    step = load_checkpoint(run / "last.pt")["metrics"]["step"]
+    step = load_checkpoint(run / "last.safetensors")["metrics"]["step"]
     assert resume(run, budget={"max_steps": step + 1}).steps == step + 1
 
 
@@ -84,7 +84,7 @@ def test_two_fresh_trainings_into_one_run_directory(tmp_path: Path, corpus_file:
     first = _start("train", str(corpus_file), "--run", str(run), *TINY, "--max-steps", BIG, "--eval-interval", BIG)
     try:
         _wait_until_training(first, run)
-        assert not (run / "last.pt").exists()
+        assert not (run / "last.safetensors").exists()
 
         second = charrnn("train", str(corpus_file), "--run", str(run), *TINY)
         assert second.returncode == 1

@@ -1,6 +1,6 @@
 """Promise: Ctrl-C (SIGINT) or SIGTERM stops training gracefully, and a second Ctrl-C stops it at once.
 
-The first signal lets the current step finish, saves last.pt, prints where it saved and how to
+The first signal lets the current step finish, saves last.safetensors, prints where it saved and how to
 resume, and exits 130 (SIGINT) or 143 (SIGTERM) within seconds. A second signal while that save
 is under way exits immediately, and still leaves every file whole: saves are atomic renames.
 """
@@ -70,8 +70,8 @@ def test_first_signal_saves_explains_and_exits(tmp_path: Path, corpus_file: Path
     assert len(lines) == 1, err
     assert f"continue with: charrnn train --resume {run}" in lines[0]
     saved = re.search(r"saved step (\d+) to (\S+);", lines[0])
-    assert saved and saved.group(2) == str(run / "last.pt"), lines[0]
-    payload = load_checkpoint(run / "last.pt")
+    assert saved and saved.group(2) == str(run / "last.safetensors"), lines[0]
+    payload = load_checkpoint(run / "last.safetensors")
     assert payload["metrics"]["step"] == int(saved.group(1)) > 0
     model_from_checkpoint(payload)
     # ... and the run goes on from there.
@@ -86,14 +86,14 @@ def test_second_ctrl_c_exits_at_once_without_damage(tmp_path: Path, corpus_file:
         batch_size=4, seq_len=16, eval_interval=int(BIG), save_interval=int(BIG), log_interval=1, max_steps=10
     )
     train(find_corpus([str(corpus_file)]), {"num_layers": 1, "hidden_size": 32, "embed_size": 16}, quiet_saves, run)
-    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
+    before = {name: (run / name).read_bytes() for name in ("last.safetensors", "best.safetensors")}
 
     # Continue it with every checkpoint save held for 20 s between writing and renaming.
     proc = _start(["train", "--resume", str(run), "--max-steps", BIG], env={"CHARRNN_TEST_SLOW_SAVE": "20"})
     lines = (run / "metrics.jsonl").read_text().count("\n")
     _wait_for(lambda: (run / "metrics.jsonl").read_text().count("\n") > lines, proc)
     proc.send_signal(signal.SIGINT)  # first: finish the step, then save (which now hangs)
-    _wait_for(lambda: (run / f".last.pt.{proc.pid}.tmp").exists(), proc)
+    _wait_for(lambda: (run / f".last.safetensors.{proc.pid}.tmp").exists(), proc)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)  # second: out now
     proc.communicate(timeout=30)
@@ -103,7 +103,7 @@ def test_second_ctrl_c_exits_at_once_without_damage(tmp_path: Path, corpus_file:
     assert took < 5, f"took {took:.1f}s to exit on the second Ctrl-C"
     # The save in flight never replaced anything: both checkpoints are the ones from before.
     assert {name: (run / name).read_bytes() for name in before} == before
-    assert load_checkpoint(run / "last.pt")["metrics"]["step"] == 10
+    assert load_checkpoint(run / "last.safetensors")["metrics"]["step"] == 10
     # The next writer clears the abandoned temporary file and carries on.
     assert resume(run, budget={"max_steps": 12}).steps == 12
     assert not list(run.glob(".*.tmp"))

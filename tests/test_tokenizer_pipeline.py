@@ -152,9 +152,9 @@ def test_resumes_a_run_to_a_larger_step_budget(
 ) -> None:
     monkeypatch.setenv("CHARRNN_CACHE_DIR", str(trained.cache))
     run = trained.runs[kind]
-    assert load_checkpoint(run / "last.pt")["metrics"]["step"] == 20
+    assert load_checkpoint(run / "last.safetensors")["metrics"]["step"] == 20
     run_cli(capsys, "train", "--resume", str(run), "--max-steps", "30", "--quiet")
-    payload = load_checkpoint(run / "last.pt")
+    payload = load_checkpoint(run / "last.safetensors")
     assert payload["metrics"]["step"] == 30
     assert payload["tokenizer"]["kind"] == kind
 
@@ -164,7 +164,7 @@ def test_checkpoint_round_trips_multilingual_text_and_scores(
     trained: Trained, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CHARRNN_CACHE_DIR", str(trained.cache))
-    payload = load_checkpoint(trained.runs[kind] / "best.pt")
+    payload = load_checkpoint(trained.runs[kind] / "best.safetensors")
     model, tokenizer = model_from_checkpoint(payload, "cpu")
     assert tokenizer.kind == kind
     for text in (MULTILINGUAL, *MULTILINGUAL.splitlines(keepends=True)):
@@ -172,7 +172,7 @@ def test_checkpoint_round_trips_multilingual_text_and_scores(
     dataset = prepare_dataset(find_corpus([str(trained.corpus)]), train_config_of(payload))
     assert dataset.tokenizer.token_texts() == tokenizer.token_texts()
     assert torch.equal(dataset.tokenizer.encode(MULTILINGUAL), tokenizer.encode(MULTILINGUAL))
-    # The loaded weights score the validation text as they did when best.pt was saved.
+    # The loaded weights score the validation text as they did when best.safetensors was saved.
     assert dataset.val is not None
     result = evaluate(model, dataset.val, tokenizer)
     assert result.nats_per_char == pytest.approx(payload["metrics"]["val_loss"], rel=1e-5)

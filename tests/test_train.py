@@ -7,10 +7,12 @@ import os
 import signal
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from charrnn import files
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
@@ -33,7 +35,7 @@ def test_tiny_model_learns_below_unigram_entropy(tmp_path: Path, corpus_file: Pa
     result = train(find_corpus([str(corpus_file)]), SMALL_MODEL, _cfg(max_steps=150, lr=1e-2), tmp_path / "run")
     assert result.best_val is not None
     assert result.best_val < unigram - 0.5, (result.best_val, unigram)
-    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "last.pt").is_file()
+    assert (tmp_path / "run" / "best.safetensors").is_file() and (tmp_path / "run" / "last.safetensors").is_file()
     records = [r for r in result.history if "val_loss" in r]
     assert records and all({"step", "time", "train_loss", "lr", "chars_per_sec"} <= r.keys() for r in records)
 
@@ -58,10 +60,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path, corpus_fi
             handle_signals=True,
         )
     assert stopped.value.exit_code == 130
-    assert load_checkpoint(tmp_path / "split" / "last.pt")["train_state"]["progress"]["step"] == 21
+    assert load_checkpoint(tmp_path / "split" / "last.safetensors")["train_state"]["progress"]["step"] == 21
     resumed = resume(tmp_path / "split")
-    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
+    a = load_checkpoint(tmp_path / "straight" / "last.safetensors")["model"]
+    b = load_checkpoint(tmp_path / "split" / "last.safetensors")["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.steps == straight.steps == 60
@@ -95,10 +97,10 @@ def test_resume_and_eval_read_the_validation_file_in_the_encoding_training_used(
 
 def test_existing_run_is_not_overwritten(tmp_path: Path, corpus_file: Path) -> None:
     train(find_corpus([str(corpus_file)]), SMALL_MODEL, _cfg(max_steps=5), tmp_path / "run")
-    before = (tmp_path / "run" / "last.pt").read_bytes()
+    before = (tmp_path / "run" / "last.safetensors").read_bytes()
     with pytest.raises(CharrnnError, match="already exists"):
         train(find_corpus([str(corpus_file)]), SMALL_MODEL, _cfg(max_steps=5), tmp_path / "run")
-    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert (tmp_path / "run" / "last.safetensors").read_bytes() == before
 
 
 def test_checkpoint_round_trip_and_cpu_loading(tmp_path: Path, corpus_file: Path) -> None:
@@ -107,25 +109,41 @@ def test_checkpoint_round_trip_and_cpu_loading(tmp_path: Path, corpus_file: Path
     model, tokenizer = model_from_checkpoint(payload)
     assert next(model.parameters()).device.type == "cpu"
     assert tokenizer.decode(tokenizer.encode("In the beginning")) == "In the beginning"
-    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    last = load_checkpoint(tmp_path / "run" / "last.safetensors")
     assert {"optimizer", "progress", "hidden", "rng_cpu"} <= last["train_state"].keys()
     assert last["train_state"]["progress"]["step"] == 5
 
 
 def test_failed_save_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "x.pt"
+    path = tmp_path / "x.safetensors"
     save_checkpoint(path, {"model": {"w": torch.ones(3)}})
     before = path.read_bytes()
+    real_open = open
 
-    def broken_save(obj, handle) -> None:
-        handle.write(b"partial")
-        raise OSError(28, "No space left on device")
+    class FullDisk:
+        """A file opened for writing that takes 7 bytes and then fails as a full disk does."""
 
-    monkeypatch.setattr(torch, "save", broken_save)
+        def __init__(self, *args: Any) -> None:
+            self.handle = real_open(*args)
+
+        def write(self, data: bytes) -> int:
+            self.handle.write(data[:7])
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.handle, name)
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+    monkeypatch.setattr(files, "open", FullDisk, raising=False)
     with pytest.raises(CharrnnError, match="disk is full"):
         save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temporary file left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]  # no temporary file left behind
 
 
 def test_learning_rate_schedule() -> None:
