@@ -8,7 +8,7 @@ operations per character). A step of a 2 × 256 LSTM is three matrix-vector
 products of about 1 MB of weights each (25 to 31 µs apiece on this project's
 2-core machine, by `bench_cpu.py`'s per-call row); everything else is small
 vector arithmetic. So `charrnn sample` on the CPU runs here, from the checkpoint's
-weights read as numpy arrays (`checkpoint_numpy.py`), in float32 like the torch
+weights read as numpy arrays (`load_checkpoint(arrays=True)`), in float32 like the torch
 path:
 
 - The first layer's input projection of a one-hot input is a row of a
