@@ -160,6 +160,26 @@ class _Progress:
     window_steps: int = 0
 
 
+@dataclass
+class _Window:
+    """What the next metrics record averages: the train loss summed on the device (read back only
+    when a record is written), the updates and tokens since the last record, and when it began."""
+
+    loss_sum: torch.Tensor
+    steps: int
+    tokens: int = 0
+    start: float = field(default_factory=time.monotonic)
+
+    def add(self, loss: torch.Tensor, tokens: int) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.tokens += tokens
+
+    def restart(self, now: float) -> None:
+        self.loss_sum.zero_()
+        self.steps, self.tokens, self.start = 0, 0, now
+
+
 class Trainer:
     def __init__(
         self,
@@ -201,6 +221,9 @@ class Trainer:
         self.nan_steps = _nan_test_steps()
         self.test_signal = _test_signal()
         self.budget_from = budget_from  # see `train`
+        self.params = list(self.model.parameters())
+        self.tokens_per_step = self.batcher.batch_size * self.batcher.seq_len * self.ranks.world
+        self.bad_in_a_row = 0  # updates skipped in a row (see `_skip_update`)
         self.chars_per_token = dataset.train.num_chars / max(1, dataset.train.num_tokens)
 
     # ----- budget -----
@@ -308,116 +331,143 @@ class Trainer:
         return result.nats_per_char
 
     def fit(self, stop: _StopFlag | None = None) -> TrainResult:
-        cfg, model, optimizer = self.cfg, self.model, self.optimizer
-        params = [p for p in model.parameters()]
-        total = self.total_steps()
-        save_every = cfg.save_interval or cfg.eval_interval
-        self.report.on_start(
-            {
-                "total_steps": total,
-                "max_time": cfg.max_time,
-                "start_step": self.p.step,
-                "params": model.num_parameters(),
-                "device": self.ranks.describe(self.device),
-                "steps_per_epoch": self.batcher.steps_per_epoch,
-            }
-        )
-        tokens_per_step = self.batcher.batch_size * self.batcher.seq_len * self.ranks.world
-        # The running train loss stays on the device; it is read back only when a record is written.
-        loss_sum = torch.tensor(self.p.window_loss, device=self.device)
-        loss_count = self.p.window_steps
-        bad_in_a_row = 0
-        tried = self.p.step  # updates attempted, skipped ones included (what the NaN test hook counts)
-        window_start, window_chars = time.monotonic(), 0
+        """Update until the budget is spent, patience runs out or a signal asks to stop, writing a
+        metrics record, evaluating and saving on their schedules, and saving at the end."""
+        self._announce()
+        self.tried = self.p.step
+        window = _Window(torch.tensor(self.p.window_loss, device=self.device), self.p.window_steps)
         clock = time.monotonic() - self.p.elapsed
         if self.budget_from is not None and self.p.step == 0:
             clock = min(clock, self.budget_from)  # the time spent setting up counts too
         stop_reason = self._budget_spent() if self.p.step else None  # a new run takes at least one step
         self.net.train()
         while stop_reason is None:
-            if self.p.step_in_epoch >= self.batcher.steps_per_epoch:
-                # End of the text: every stream starts over, so the carried state starts over too.
-                self.p.epoch += 1
-                self.p.step_in_epoch = 0
-                self.state = model.init_state(self.batcher.batch_size, self.device)
-            x, y = self.batcher.batch(self.p.step_in_epoch)
-            lr = cfg.lr * lr_factor(cfg, self.p.step, self._budget_progress())
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                _, loss, new_state = self.net(x, self.state, y)
-            tried += 1
-            if tried in self.nan_steps:
-                loss = loss * float("nan")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            # Under torchrun the gradients are already averaged, so the norm, the clipping and the
-            # decision to skip are the same on every rank (a NaN on one rank reaches them all).
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            if not bool(torch.isfinite(norm)):
-                # Skip the update: the weights stay as they were, the poisoned state is dropped.
-                bad_in_a_row += 1
-                self.report.on_message(f"step {self.p.step + 1}: non-finite loss or gradient, update skipped")
-                if bad_in_a_row >= NONFINITE_LIMIT:
-                    good = self.run.resume_from()
-                    kept = f"the last good checkpoint is {good}" if good else "nothing saved"
-                    raise CharrnnError(
-                        f"training diverged: {bad_in_a_row} steps in a row had a non-finite loss; "
-                        f"try a lower --lr; {kept}"
-                    )
-                self.state = model.init_state(self.batcher.batch_size, self.device)
-                self.p.step_in_epoch += 1
-                continue
-            bad_in_a_row = 0
-            optimizer.step()
-            self.state = detach_state(new_state)
-            loss_sum += loss.detach().float()
-            loss_count += 1
-            self.p.step += 1
-            self.p.step_in_epoch += 1
-            self.p.chars_seen += tokens_per_step
-            window_chars += tokens_per_step
-            if self.test_signal and self.p.step == self.test_signal[0]:
-                os.kill(os.getpid(), self.test_signal[1])
+            update = self.step()
+            if update is None:
+                continue  # skipped: no step was taken
+            loss, lr = update
+            window.add(loss, self.tokens_per_step)
             # Every rank must read the same clock (time budget, LR schedule) and stop at the same step.
             self.p.elapsed, signalled = self._agree(
                 time.monotonic() - clock, stop is not None and stop.signum is not None
             )
-            stop_reason = self._budget_spent()
-            if signalled:
-                stop_reason = "interrupted"
-            finishing = stop_reason is not None
-            evaluate_now = self.p.step % cfg.eval_interval == 0 or (finishing and stop_reason != "interrupted")
-            if self.p.step % cfg.log_interval == 0 or evaluate_now:
-                now = time.monotonic()
-                record = {
-                    "step": self.p.step,
-                    "epoch": round(self.p.epoch + self.p.step_in_epoch / self.batcher.steps_per_epoch, 4),
-                    "time": round(self.p.elapsed, 3),
-                    "train_loss": float(self.ranks.mean(loss_sum)) / max(1, loss_count),
-                    "lr": lr,
-                    "chars_per_sec": window_chars * self.chars_per_token / max(now - window_start, 1e-9),
-                }
-                loss_sum.zero_()
-                loss_count = 0
-                window_start, window_chars = now, 0
-                if evaluate_now:
-                    self.p.last_val = self.validate()
-                    record["val_loss"] = self.p.last_val
-                    self._early_stopping_and_best()
-                    if self.p.bad_evals and cfg.patience and self.p.bad_evals >= cfg.patience and not finishing:
-                        stop_reason = f"no improvement in {cfg.patience} evaluations"
-                        finishing = True
-                    self.p.elapsed = self._agree(time.monotonic() - clock, False)[0]
-                    record["time"] = round(self.p.elapsed, 3)
-                self.history.append(record)
-                if self.ranks.is_main:
-                    self.run.append_metrics(record)
-                self.report.on_log(record)
-            if finishing or self.p.step % save_every == 0:
-                self.p.window_loss, self.p.window_steps = float(self.ranks.mean(loss_sum)), loss_count
+            stop_reason = "interrupted" if signalled else self._budget_spent()
+            stop_reason = self._log(window, lr, stop_reason, clock)
+            if stop_reason is not None or self.p.step % (self.cfg.save_interval or self.cfg.eval_interval) == 0:
+                self.p.window_loss, self.p.window_steps = float(self.ranks.mean(window.loss_sum)), window.steps
                 self.save_last()
+        return self._finish(stop_reason)
+
+    def _announce(self) -> None:
+        self.report.on_start(
+            {
+                "total_steps": self.total_steps(),
+                "max_time": self.cfg.max_time,
+                "start_step": self.p.step,
+                "params": self.model.num_parameters(),
+                "device": self.ranks.describe(self.device),
+                "steps_per_epoch": self.batcher.steps_per_epoch,
+            }
+        )
+
+    def step(self) -> tuple[torch.Tensor, float] | None:
+        """One update from the next window of every stream: its loss (on the device) and learning
+        rate, or None when a non-finite loss or gradient made it skip the update."""
+        if self.p.step_in_epoch >= self.batcher.steps_per_epoch:
+            # End of the text: every stream starts over, so the carried state starts over too.
+            self.p.epoch += 1
+            self.p.step_in_epoch = 0
+            self.state = self.model.init_state(self.batcher.batch_size, self.device)
+        x, y = self.batcher.batch(self.p.step_in_epoch)
+        lr = self.cfg.lr * lr_factor(self.cfg, self.p.step, self._budget_progress())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, new_state = self.loss(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        # Under torchrun the gradients are already averaged, so the norm, the clipping and the
+        # decision to skip are the same on every rank (a NaN on one rank reaches them all).
+        # Reading the norm's finiteness is the one wait on the device in every step.
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if not bool(torch.isfinite(norm)):
+            self._skip_update()
+            return None
+        self.bad_in_a_row = 0
+        self.optimizer.step()
+        self.state = detach_state(new_state)
+        self.p.step += 1
+        self.p.step_in_epoch += 1
+        self.p.chars_seen += self.tokens_per_step
+        if self.test_signal and self.p.step == self.test_signal[0]:
+            os.kill(os.getpid(), self.test_signal[1])
+        return loss.detach().float(), lr
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """The mean loss of inputs x against targets y, both (T, B), run from the carried state, and
+        the state after them."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            _, loss, new_state = self.net(x, self.state, y)
+        self.tried += 1  # updates tried, skipped ones included (what the NaN test hook counts)
+        if self.tried in self.nan_steps:
+            loss = loss * float("nan")
+        return loss, new_state
+
+    def _skip_update(self) -> None:
+        """A non-finite loss or gradient: the weights stay as they were and the poisoned state is
+        dropped; NONFINITE_LIMIT skips in a row end training."""
+        self.bad_in_a_row += 1
+        self.report.on_message(f"step {self.p.step + 1}: non-finite loss or gradient, update skipped")
+        if self.bad_in_a_row >= NONFINITE_LIMIT:
+            kept = f"the last good checkpoint is {self.run.last}" if self.run.last.exists() else "nothing saved"
+            raise CharrnnError(
+                f"training diverged: {self.bad_in_a_row} steps in a row had a non-finite loss; try a lower --lr; {kept}"
+            )
+        self.state = self.model.init_state(self.batcher.batch_size, self.device)
+        self.p.step_in_epoch += 1
+
+    def _log(self, window: _Window, lr: float, stop_reason: str | None, clock: float) -> str | None:
+        """At a logging or evaluation step (every evaluation interval, and at the end unless
+        interrupted), write the metrics record; returns the stop reason, which patience may set."""
+        evaluate_now = self.p.step % self.cfg.eval_interval == 0 or stop_reason not in (None, "interrupted")
+        if not (self.p.step % self.cfg.log_interval == 0 or evaluate_now):
+            return stop_reason
+        record = self._train_record(window, lr)
+        if evaluate_now:
+            stop_reason = self._evaluate(record, stop_reason, clock)
+        self.history.append(record)
+        if self.ranks.is_main:
+            self.run.append_metrics(record)
+        self.report.on_log(record)
+        return stop_reason
+
+    def _train_record(self, window: _Window, lr: float) -> dict[str, Any]:
+        """The record of the training since the last one; the window starts over."""
+        now = time.monotonic()
+        record = {
+            "step": self.p.step,
+            "epoch": round(self.p.epoch + self.p.step_in_epoch / self.batcher.steps_per_epoch, 4),
+            "time": round(self.p.elapsed, 3),
+            "train_loss": float(self.ranks.mean(window.loss_sum)) / max(1, window.steps),
+            "lr": lr,
+            "chars_per_sec": window.tokens * self.chars_per_token / max(now - window.start, 1e-9),
+        }
+        window.restart(now)
+        return record
+
+    def _evaluate(self, record: dict[str, Any], stop_reason: str | None, clock: float) -> str | None:
+        """Score the validation split into `record`, keep the best weights, and count patience."""
+        self.p.last_val = self.validate()
+        record["val_loss"] = self.p.last_val
+        self._early_stopping_and_best()
+        patience = self.cfg.patience
+        if self.p.bad_evals and patience and self.p.bad_evals >= patience and stop_reason is None:
+            stop_reason = f"no improvement in {patience} evaluations"
+        self.p.elapsed = self._agree(time.monotonic() - clock, False)[0]  # the evaluation's time counts
+        record["time"] = round(self.p.elapsed, 3)
+        return stop_reason
+
+    def _finish(self, stop_reason: str | None) -> TrainResult:
         self.report.on_end()
         last_train = next((r["train_loss"] for r in reversed(self.history)), None)
         return TrainResult(
@@ -537,7 +587,7 @@ def _claim(run: RunDir, *, fresh: bool) -> None:
 
 def _started_by_this_job(run: RunDir) -> bool:
     """The run holds a checkpoint that an earlier attempt of this torchrun job wrote."""
-    if run.resume_from() is None:
+    if not run.last.is_file():
         return False
     try:
         launch = run.read_config().get("torchrun") or {}
@@ -608,12 +658,11 @@ def _open_last(run: RunDir) -> dict[str, Any]:
     """Lock the run and read its last checkpoint."""
     if not run.path.is_dir():
         raise CharrnnError(f"cannot resume: no run directory {run.path}")
-    last = run.resume_from()  # last.safetensors, or a 0.1 run's last.pt
-    if last is None:
+    if not run.last.is_file():
         raise CharrnnError(f"cannot resume: {run.path} has no {run.last.name} checkpoint")
     run.lock()
     try:
-        return load_checkpoint(last)
+        return load_checkpoint(run.last)
     except CharrnnError:
         run.unlock()
         raise
