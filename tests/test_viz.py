@@ -205,6 +205,27 @@ def test_a_3x512_model_page_for_5000_characters_is_under_5_mb() -> None:
     assert {(item.unit.state, item.unit.layer, item.unit.index) for item in expl.ranked} <= stored
 
 
+def test_a_gru_page_offers_only_hidden_units(tmp_path: Path) -> None:
+    import torch
+    from conftest import CHECKPOINT_TEXT, checkpoint_payload
+
+    from charrnn.checkpoint import save_checkpoint
+    from charrnn.config import ModelConfig, asdict
+    from charrnn.inference import load
+    from charrnn.model import RNNLanguageModel
+    from charrnn.viz import explain_text, page_html
+
+    payload = checkpoint_payload(num_layers=2)
+    cfg = ModelConfig(**{**payload["model_config"], "cell": "gru"})
+    torch.manual_seed(0)
+    payload = {**payload, "model_config": asdict(cfg), "model": RNNLanguageModel(cfg).state_dict()}
+    save_checkpoint(tmp_path / "best.safetensors", payload)
+    expl = explain_text(load(tmp_path, device="cpu"), CHECKPOINT_TEXT, title="gru", source="text")
+    assert set(expl.activations) == {"h"} and expl.activations["h"].shape == (len(CHECKPOINT_TEXT), 2, 32)
+    units = page_data_of(page_html(expl).encode("utf-8"))["units"]
+    assert set(units["state"]) == {"h"} and units["total"] == 2 * 32
+
+
 def page_data_of(page: bytes) -> dict[str, Any]:
     found = re.search(rb'<script id="data" type="application/json">(.*?)</script>', page, re.S)
     assert found

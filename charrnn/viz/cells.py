@@ -79,7 +79,7 @@ def correlations(series: np.ndarray, properties: dict[str, np.ndarray]) -> tuple
         norm = np.sqrt((x * x).sum(axis=0))
         return x / np.where(norm > 1e-12, norm, np.inf)
 
-    return standardized(series.astype(np.float64)).T @ standardized(props), names
+    return np.clip(standardized(series.astype(np.float64)).T @ standardized(props), -1.0, 1.0), names
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,10 @@ def _style(background: str, ink: str) -> str:
 def summary_line(expl: Explanation) -> str:
     baselines = ", ".join(f"{name} {bits:.3f}" for name, bits in expl.baselines.items())
     unknown = expl.num_unknown
-    line = f"{expl.title}: {expl.bits_per_char:.4f} bits per character over {expl.predicted:,} predicted characters"
+    if expl.predicted:
+        line = f"{expl.title}: {expl.bits_per_char:.4f} bits per character over {expl.predicted:,} predicted characters"
+    else:
+        line = f"{expl.title}: no character predicted (nothing comes before the first)"
     if baselines:
         line += f" ({baselines})"
     return line + (f"; {unknown:,} unknown (underlined)" if unknown else "; no unknown characters")
