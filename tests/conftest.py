@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -109,8 +111,9 @@ class RunsACommand:
         return (os.system, (f"touch {self.marker}",))
 
 
-def checkpoint_payload(num_layers: int = 1) -> dict[str, Any]:
-    """The contents of a small, valid checkpoint (char model, untrained weights)."""
+def checkpoint_payload(num_layers: int = 1, version: int | None = None) -> dict[str, Any]:
+    """The contents of a small, valid checkpoint (char model, untrained weights), of format
+    `version` (default: the current one; 1 for what charrnn 0.1 wrote with torch.save)."""
     from charrnn.checkpoint import FORMAT, FORMAT_VERSION
     from charrnn.config import ModelConfig, TrainConfig, asdict
     from charrnn.data.tokenizers import CharVocabCounter
@@ -123,7 +126,7 @@ def checkpoint_payload(num_layers: int = 1) -> dict[str, Any]:
     torch.manual_seed(0)
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if version is None else version,
         "model_config": asdict(cfg),
         "train_config": asdict(TrainConfig()),
         "tokenizer": tokenizer.to_state(),
@@ -131,3 +134,15 @@ def checkpoint_payload(num_layers: int = 1) -> dict[str, Any]:
         "corpus": {},
         "metrics": {"step": 1, "val_loss": None, "best_val_loss": None},
     }
+
+
+def safetensors_parts(raw: bytes) -> tuple[dict[str, Any], bytes]:
+    """A safetensors file's JSON header (with `__metadata__`) and its data section."""
+    length = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8 : 8 + length]), raw[8 + length :]
+
+
+def safetensors_file(header: dict[str, Any], data: bytes, length: int | None = None) -> bytes:
+    """A safetensors file laid out by hand: the header's length (or a `length` that lies), header, data."""
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text) if length is None else length) + text + data
