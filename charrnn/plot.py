@@ -143,13 +143,14 @@ def write_curves(run_dir: Path) -> Path:
 
 
 class CurvesWriter:
-    """What training calls at each evaluation and once at the end: refreshes curves.png and never fails.
+    """What training calls at each evaluation and at the end: refreshes curves.png, never fails.
 
-    Drawing takes a tenth of a second or so (importing matplotlib, the first time, half a second), time
-    taken from training: an evaluation redraws only once the training since the last drawing is at
-    least `1 / MAX_SHARE` times what that drawing took, so the pictures cost at most MAX_SHARE of the
-    run; `refresh(final=True)`, at the end of a run, always draws. The first failure to draw is reported once through
-    `on_message`; the later ones stay quiet. Nothing here touches the model or a random generator.
+    A drawing takes a tenth of a second or so (importing matplotlib, the first time, half a
+    second), time taken from training: an evaluation redraws only once the training since the
+    last drawing is at least `1 / MAX_SHARE` times what that drawing took, so the pictures cost
+    at most MAX_SHARE of the run; `refresh(final=True)`, at the end of a run, always draws. The
+    first failure to draw is reported once through `on_message`, later ones stay quiet. Nothing
+    here touches the model or a random generator.
     """
 
     MAX_SHARE = 0.02
