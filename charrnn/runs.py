@@ -47,7 +47,7 @@ class Run:
 
     path: Path
     summary: TrainResult | None = field(default=None, repr=False)  # when this process trained it
-    options: dict[str, Any] = field(default_factory=dict, repr=False)  # the options it was called with
+    options: dict[str, Any] = field(default_factory=dict, repr=False)  # this call's options, defaults filled in
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -129,7 +129,7 @@ def _sources(corpus: PathLike | Sequence[PathLike] | None) -> list[str]:
         if bundled is None:
             raise CharrnnError("no corpus given and the bundled default corpus is not installed: pass a text file")
         return [str(bundled)]
-    return table.check_value(table.Option("corpus", table.FILES, None, "", None), corpus, "corpus")
+    return table.check_value(table.CORPUS, corpus, "corpus")
 
 
 def _report(progress: bool | Report, quiet: bool) -> Report:

@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, TINY
 
 import charrnn
+from charrnn import runs
 from charrnn.errors import CharrnnError
 from charrnn.runs import Run
 
@@ -139,3 +140,22 @@ def test_a_plain_install_holds_every_module_and_the_default_corpus(tmp_path: Pat
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stdout.splitlines()[0] == str(installed / "corpora" / "kjv.txt")
     assert (elsewhere / "r" / "config.json").is_file()
+
+
+def test_nproc_from_python_runs_the_same_options_under_torchrun(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command it hands torchrun, without starting one (tests/test_distributed.py runs real jobs)."""
+    started = []
+    monkeypatch.setattr(
+        runs.subprocess,
+        "run",
+        lambda command, check: started.append(command) or subprocess.CompletedProcess(command, 0),
+    )
+    run = charrnn.train(corpus_file, run=tmp_path / "r", nproc=2, hidden=32, tie=True, max_time="2m")
+    assert run.path == tmp_path / "r"
+    [command] = started
+    assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    assert command[6:] == ["-m", "charrnn", "--", "train", "--hidden", "32", "--tie", "--max-time", "120.0"] + [
+        "--quiet", "--run", str(tmp_path / "r"), "--", str(corpus_file.resolve())
+    ]  # fmt: skip
