@@ -21,6 +21,7 @@ import pytest
 from conftest import charrnn
 
 from charrnn import checkpoint as checkpoint_module
+from charrnn import files as files_module
 from charrnn import rundir as rundir_module
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from charrnn.config import TrainConfig
@@ -78,7 +79,7 @@ def _fill_the_disk(monkeypatch: pytest.MonkeyPatch, room: int = 1000) -> None:
         handle = builtins.open(file, mode, *args, **kwargs)
         return _FullDisk(handle, room) if any(m in mode for m in "wax") else handle
 
-    for module in (checkpoint_module, rundir_module):
+    for module in (files_module, checkpoint_module, rundir_module):
         monkeypatch.setattr(module, "open", full_open, raising=False)
 
 
