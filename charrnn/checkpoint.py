@@ -108,7 +108,7 @@ def _decode(value: Any, tensor: Callable[[str], Any]) -> Any:
                 raise _Malformed("an int-keyed dict has a key that is not an integer")
             return {int(k): _decode(v, tensor) for k, v in inner.items()}
         if key == "$float":
-            if inner not in _NON_FINITE:
+            if not isinstance(inner, str) or inner not in _NON_FINITE:
                 raise _Malformed("a non-finite float is not nan, inf or -inf")
             return _NON_FINITE[inner]
     return {k: _decode(v, tensor) for k, v in value.items()}

@@ -226,6 +226,7 @@ FORMAT2: dict[str, tuple[Writer, str]] = {
         "malformed metadata",
     ),
     "a float that is not a number": (_document(lambda d: d.update({"f": {"$float": "1e999"}})), "malformed metadata"),
+    "a float that is a list": (_document(lambda d: d.update({"f": {"$float": ["nan"]}})), "malformed metadata"),
     "metadata of another program": (_foreign, "not a charrnn checkpoint"),
     "a pickle renamed to .safetensors": (_renamed_pickle, "not a readable charrnn checkpoint"),
     "a torch zip with a command renamed to .safetensors": (_renamed_zip, "was refused: it asks to load"),
