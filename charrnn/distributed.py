@@ -1,23 +1,10 @@
 """Data-parallel training across processes that torchrun starts: one rank per GPU (or CPU process).
 
-torchrun (`python -m torch.distributed.run`) starts the processes and tells
-each, through WORLD_SIZE, RANK and LOCAL_RANK, who it is; `session` joins them
-into one process group and leaves it again. charrnn reimplements none of the
-launcher: restarts, rendezvous across machines and tearing the job down when a
-rank dies are torchrun's.
-
-How a global batch is shared: the training text is cut into N × B streams
-(N ranks, B = --batch-size streams each) and rank r serves streams
-r*B .. r*B+B-1, carrying its own truncated-BPTT state. Every rank starts from
-the same weights, DistributedDataParallel averages the gradients, so every
-rank takes the same step: the one a single process would take with all N × B
-streams, up to float rounding. Everything else that decides what happens next
-(the elapsed time for a time budget and the LR schedule, a stop signal, the
-validation loss) is made equal on every rank by a collective before it is used.
-
-Backends: CPU tensors go over gloo, CUDA tensors over NCCL. On a machine with
-CUDA the group holds both ("cpu:gloo,cuda:nccl"), so small Python objects
-(checkpoint pieces, error messages) travel over gloo whatever device trains.
+Rank r of N trains streams r*B .. r*B+B-1 of the N*B streams (B = --batch-size) and
+DistributedDataParallel averages the gradients, so every rank takes the step one process would take
+with all N*B streams. Whatever decides what happens next (elapsed time, a stop signal, the
+validation loss) is agreed by a collective before it is used. Launching, restarts and rendezvous
+are torchrun's; see docs/distributed.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """The recurrent language model: embedding -> stacked LSTM/GRU/RNN -> linear head.
 
-Training and evaluation run whole windows through the fused `nn.LSTM` /
-`nn.GRU` / `nn.RNN` modules (cuDNN on CUDA, oneDNN on CPU), one module per
-layer with the dropout between layers applied here: the fused modules' own
-inter-layer dropout takes oneDNN off its fast path on the CPU. Dropout is
-"locked" (variational): one mask per sequence window, the same units dropped at
-every time step, which regularizes recurrent models better than a new mask per
-step. `weight_drop` (AWD-LSTM's DropConnect) drops entries of each layer's
-hidden-to-hidden matrix, one mask per training step shared by every time step and
-stream, by running the fused module on the masked matrix (`functional_call`), so
-the fused kernel stays. Generation, which
-advances one token at a time, uses `SingleStep` instead: the same weights
-rearranged so that one step is a handful of matrix-vector products, with the
-first layer's input projection precomputed as a table lookup.
+`RNNLanguageModel` scores whole windows, (T, B) ids -> (T, B, V) logits, with one fused
+cuDNN/oneDNN module per layer, locked dropout (one mask per window) between them and optional
+DropConnect on the hidden-to-hidden weights. `SingleStep` holds the same weights rearranged for
+generation, one token of every stream per call. docs/training.md says why it is built this way.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
-"""From a corpus to training batches: splits, the token cache and the stream batcher.
+"""From a corpus to token ids: contiguous splits, the tokenizer, and the token cache.
 
-Data flows in three steps:
-
-1. `prepare_dataset` splits the corpus by character position (train first,
-   then validation, then test, as contiguous pieces), builds the tokenizer from
-   the training piece only, and encodes the whole corpus into a token cache:
-   one flat binary file of compact ids (uint8, int16 or int32 by vocabulary
-   size), keyed by a hash of the corpus bytes, the tokenizer settings and the
-   split. A later run on the same text memory-maps the cache instead of
-   tokenizing again, so a gigabyte corpus costs page cache, not heap.
-2. Each split is a `Split`: a 1-D tensor of ids (a view of the memory map)
-   and the number of characters it encodes, which bits per character divide by.
-3. `StreamBatcher` (in `batcher.py`) cuts the training ids into contiguous streams and serves
-   truncated-BPTT windows: step k of an epoch gives every stream its next
-   `seq_len` tokens, so the hidden state carried from step k-1 is the state
-   the model really had at that point of the text.
+`prepare_dataset` cuts the corpus by character position (train, then validation, then test),
+builds the tokenizer on the training part only, and encodes the whole corpus once into a cached
+flat file of compact ids (uint8/int16/int32) that later runs memory-map. A `Split` is a 1-D id
+tensor, a view of that map, with the number of characters it encodes. `dataset_of_run` rebuilds
+a run's dataset from its checkpoint, for `--resume` and `charrnn eval RUN`.
 """
 
 from __future__ import annotations

@@ -1,28 +1,12 @@
-"""Tokenizers: turn text into 1-D int64 id tensors and back, exactly.
+"""Tokenizers: text to 1-D int64 id tensors and back, exactly. char, byte, bpe and unigram share
+one interface, `Tokenizer`; docs/tokenizers.md describes each.
 
-Four kinds share one interface (`Tokenizer`):
-
-- ``char``: id 0 is ``<unk>``, ids 1.. are the distinct code points of the training
-  text in code-point order. Characters not seen in training encode to ``<unk>``.
-- ``byte``: ids 0..255 are UTF-8 bytes. Nothing is ever unknown.
-- ``bpe`` / ``unigram``: a SentencePiece model trained in memory, with byte fallback,
-  so nothing is ever unknown and ``decode(encode(text)) == text`` for every str.
-  Characters without a piece of their own (the rarest, when the vocabulary is small
-  for the alphabet) are spelled as their UTF-8 bytes.
-
-Every id decodes to a fixed byte string, so decoding is "join the bytes, then UTF-8
-decode with replacement", and a `StreamDecoder` only has to hold back an incomplete
-UTF-8 sequence at the end of what it has seen.
-
-Lone surrogates (which a Python str may hold but UTF-8 cannot) are replaced by
-U+FFFD before tokenizing, for every kind; encode never raises on a str.
-
-A tokenizer's ``to_state()`` holds only plain Python values and ``torch.uint8``
-tensors, so a checkpoint that embeds it loads with ``torch.load(weights_only=True)``.
-
-torch and sentencepiece are imported where they are used, not at the top: the char
-and byte tokenizers' `encode_list`, `decode` and `stream_decoder` run without them,
-which is what lets `charrnn sample` on the CPU start without importing torch.
+Every id decodes to a fixed byte string, so decoding joins the bytes and decodes them as UTF-8
+with replacement, and a `StreamDecoder` only holds back an incomplete UTF-8 sequence at the end.
+Lone surrogates become U+FFFD before tokenizing, so encode never raises on a str. `to_state()`
+holds plain values and uint8 tensors (a SentencePiece model), which a checkpoint stores as they
+are. torch and sentencepiece are imported where they are used: the char and byte tokenizers run
+without them, as `charrnn sample` on the CPU needs.
 """
 
 from __future__ import annotations

@@ -1,32 +1,11 @@
-"""Sampling on the CPU with numpy: the same model and the same draws, without importing torch.
+"""Sampling on the CPU with numpy, without importing torch: the same model and the same draws.
 
-`charrnn sample` on the CPU spends most of its time, for one stream, on two things
-that have nothing to do with arithmetic: `import torch` (1 to 3 s on two cores,
-longer than the whole target of printing the first character within 1 s) and
-torch's per-call dispatch (several microseconds per operation, some twenty-five
-operations per character). A step of a 2 × 256 LSTM is three matrix-vector
-products of about 1 MB of weights each (25 to 31 µs apiece on this project's
-2-core machine, by `bench_cpu.py`'s per-call row); everything else is small
-vector arithmetic. So `charrnn sample` on the CPU runs here, from the checkpoint's
-weights read as numpy arrays (`load_checkpoint(arrays=True)`), in float32 like the torch
-path:
-
-- The first layer's input projection of a one-hot input is a row of a
-  precomputed (vocab, gates) table; later layers project their whole input in one
-  product (over up to `PRIME_CHUNK` prime tokens at once when priming).
-- An LSTM's sigmoid gates come out of the one `tanh` over all four gates: their
-  weights and biases are pre-halved, and sigmoid(z) = (1 + tanh(z / 2)) / 2 is
-  finished by one multiply-add over the gate vector. A GRU does the same with its
-  reset and update gates, and keeps its hidden-side candidate projection apart
-  (the reset gate multiplies it).
-- Tokens are drawn by the Gumbel-max trick (argmax of logits plus Gumbel noise is
-  an exact sample of the softmax), with the noise for 32 steps drawn in one call.
-  top-k keeps the k largest logits; for top-p see `Chooser`.
-
-Everything about text (stop strings, lengths, streaming, token healing, output)
-is shared with the torch path (`settings.py`, `text.py`). Batches of more than 64 streams
-(torch's threaded kernels catch up as the batch grows) and other devices sample in
-`torch_sampler.py`.
+For one stream, `import torch` and torch's per-call cost outweigh the arithmetic (three
+matrix-vector products a step for a 2 x 256 LSTM), so `charrnn sample` on the CPU runs here, in
+float32, on the weights `load_checkpoint(arrays=True)` reads. The first layer's input projection is
+a row of a precomputed (vocab, gates) table, and the sigmoid gates come out of the one `tanh` over
+all gates (their weights pre-halved). More than 64 streams, and other devices, sample in
+`torch_sampler.py`; docs/sampling.md has the details and docs/performance.md the figures.
 """
 
 from __future__ import annotations

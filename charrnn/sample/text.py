@@ -1,16 +1,8 @@
 """The text side of sampling, shared by both samplers: each stream's text, stop strings, token healing.
 
-Both samplers (`numpy_sampler.py`, `torch_sampler.py`) hand token ids to `TextStream`s
-in blocks and heal subword primes with `Healing`. Nothing here imports torch.
-
-Token healing: a subword prime may end inside what would have been one longer
-piece ("The wo" encodes as "The", " wo", where " world" is a piece). Conditioning
-on " wo" would steer the model off the segmentations it saw in training, so the
-trailing tokens that a longer piece could cover are taken off the prime, and the
-first tokens generated are constrained to write that text again (a piece that
-starts with it, or a shorter piece it starts with). The text handed out is only
-what comes after the prime, so prime + output reads exactly as before. Char and
-byte tokenizers have one segmentation of any text, so nothing changes for them.
+The samplers hand token ids to `TextStream`s in blocks. `Healing` takes the trailing tokens of a
+subword prime that a longer piece could cover off the prime, and constrains the first generated
+tokens to write that text again (docs/tokenizers.md). Nothing here imports torch.
 """
 
 from __future__ import annotations

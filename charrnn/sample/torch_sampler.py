@@ -1,19 +1,9 @@
-"""The torch sampler: temperature, top-k, top-p, stop strings, many streams at once, any device.
+"""The torch sampler: any device, any number of streams, temperature, top-k, top-p, stop strings.
 
-The prime runs through the fused RNN in one call; after that each new token is
-one `SingleStep`. All streams of a batch advance together; a stream that meets
-a stop string or its length is finished, and sampling ends when all are.
-Output is decoded incrementally, so what is handed to `on_text` is always
-valid text, even for a byte-level model in the middle of a multi-byte character.
-
-Token healing (`sampling.Healing`) and everything about text is shared with the
-numpy sampler (`text.py`).
-
-On a GPU, where a step costs what its kernel launches cost, three things cut them:
-blocks of steps replay as one CUDA graph (`GraphBlock`); each LSTM or GRU layer is
-two products and torch's fused cell kernel (`SingleStep`); and the token is chosen
-by one Triton kernel, whatever the top-k and top-p (`triton_chooser.py`). Each of
-the last two is used only after it matched the torch arithmetic it replaces.
+The prime runs through the fused RNN in one call; then all streams advance together, one
+`SingleStep` per token, until each has met a stop string or its length. On a GPU a block of steps
+replays as one CUDA graph (`GraphBlock`) and one Triton kernel chooses the token
+(`triton_chooser.py`); docs/sampling.md has the details.
 """
 
 from __future__ import annotations

@@ -1,23 +1,11 @@
-"""One GPU kernel that chooses the next token of every stream: what the torch sampler runs on CUDA.
+"""One GPU kernel that chooses the next token of every stream, for any top-k and top-p (Triton).
 
-Why: on a GPU one sampling step is bound by its number of kernels, not by arithmetic. Drawing
-a token with torch calls costs two kernels at a plain temperature (add the Gumbel noise, take
-the argmax) and about eight with top-p (sort, softmax, cumulative sum, comparisons, a masked
-fill, a gather), which made top-p a quarter slower than plain sampling. This kernel does any
-combination of top-k and top-p, the Gumbel-max draw included, in one launch per step, one
-program per stream, and writes the token where the step reads it.
-
-Without sorting: a token's rank is the number of tokens before it (more likely, or as likely
-with a smaller id), and the probability held by the tokens before it is a masked sum over the
-same comparison. That is a (V, V) comparison per stream, so the kernel serves vocabularies up to
-`MAX_VOCAB` (char and byte models); larger ones keep the torch chooser.
-
-The semantics are those of `torch_sampler.Chooser` over the whole vocabulary: top-k keeps the k
-most likely tokens; top-p then keeps each token whose more likely (kept) tokens hold less than
-p of the kept probability, so the most likely token always stays; the draw is the argmax of the
-kept logits plus Gumbel noise, an exact sample of their softmax. Triton is imported only when a
-CUDA sampler asks for the kernel; `tests/test_generate_triton.py` runs it in Triton's CPU
-interpreter (TRITON_INTERPRET=1) against the torch chooser.
+A sampling step on a GPU is bound by its kernel count, and torch calls take two kernels at a plain
+temperature and about eight with top-p. This kernel ranks tokens without sorting, by a (V, V)
+comparison per stream (hence `MAX_VOCAB`), with the semantics of `torch_sampler.Chooser`: top-k
+keeps the k most likely tokens, top-p each token whose more likely kept tokens hold less than p of
+the kept probability, and the draw is the argmax of the kept logits plus Gumbel noise. Triton is
+imported only when a CUDA sampler asks for the kernel; see docs/sampling.md.
 """
 
 from __future__ import annotations
