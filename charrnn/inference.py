@@ -263,6 +263,7 @@ def _pieces(run: Callable[[OnText], SampleResult], single: bool) -> Iterator[Any
     stops it at its next piece."""
     pieces: queue.Queue[tuple[int, str] | BaseException | None] = queue.Queue()
     gone = threading.Event()
+    finalizing = sys.is_finalizing
 
     def emit(index: int, text: str) -> None:
         if gone.is_set():
@@ -287,4 +288,5 @@ def _pieces(run: Callable[[OnText], SampleResult], single: bool) -> Iterator[Any
             yield item[1] if single else item
     finally:
         gone.set()
-        worker.join()
+        if not finalizing():  # at interpreter exit the worker may never run again: do not wait for it
+            worker.join()
