@@ -20,7 +20,7 @@ next one). Nothing here imports torch until `score_text` runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -88,10 +88,13 @@ def _char_lengths(text: str, units: str) -> np.ndarray:
     if units == "chars":
         return np.ones(len(text), dtype=np.int64)
     code_points = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
-    return 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000).astype(np.int64)
+    lengths = np.ones(len(code_points), dtype=np.int64)
+    for first_of_longer in (0x80, 0x800, 0x10000):  # where UTF-8 needs 2, 3 and 4 bytes
+        lengths += code_points >= first_of_longer
+    return lengths
 
 
-def char_alignment(tokenizer: Tokenizer, ids: list[int], text: str) -> tuple[np.ndarray, ...]:
+def char_alignment(tokenizer: Tokenizer, ids: Sequence[int] | np.ndarray, text: str) -> tuple[np.ndarray, ...]:
     """Which characters each token touches and which tokens each character touches.
 
     Char tokens are one character each; every other kind is aligned by UTF-8 bytes.

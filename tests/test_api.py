@@ -222,7 +222,7 @@ def test_evaluate_gives_the_numbers_charrnn_eval_prints(runs: dict[str, Path], t
 @pytest.mark.parametrize("kind", [*KINDS, "gru"])
 def test_score_bits_per_char_is_evaluates(runs: dict[str, Path], kind: str) -> None:
     model = charrnn.load(runs[kind], device="cpu")
-    for text in (HELD_OUT, "é" + HELD_OUT, "x"):
+    for text in (HELD_OUT, "é" + HELD_OUT, "x", "a lone \ud800 surrogate"):
         score, result = model.score(text), model.evaluate(text)
         assert isinstance(score, charrnn.Score) and len(score) == len(text)
         assert score.predicted == result.chars
