@@ -237,7 +237,13 @@ def bench_sampling(n: int = 4000) -> list[str]:
 
 
 def bench_startup(run_dir: Path) -> list[str]:
-    """Seconds from starting `charrnn sample` to its first generated character, and torch's import alone."""
+    """Seconds from starting `charrnn sample` to its first generated character (the run's
+    best.safetensors, read without torch; and the same checkpoint as charrnn 0.1's best.pt, which
+    needs torch to read), and torch's import alone."""
+    from charrnn.checkpoint import load_checkpoint
+
+    legacy = run_dir.parent / "format1.pt"  # what charrnn 0.1 would have written: a torch zip, format 1
+    torch.save({**load_checkpoint(run_dir), "format_version": 1}, legacy)
 
     def first_output(cmd: list[str]) -> float:
         start = time.perf_counter()
@@ -249,13 +255,16 @@ def bench_startup(run_dir: Path) -> list[str]:
 
     python = sys.executable
     sample_cmd = [python, "-m", "charrnn", "sample", str(run_dir), "--length", "20", "--seed", "1"]
+    legacy_cmd = [*sample_cmd[:4], str(legacy), *sample_cmd[5:]]
     import_cmd = [python, "-c", "import torch; print('x')"]
     first = statistics.median(first_output(sample_cmd) for _ in range(3))
+    first_legacy = statistics.median(first_output(legacy_cmd) for _ in range(3))
     imp = statistics.median(first_output(import_cmd) for _ in range(3))
     return [
         "| start-up | seconds |",
         "| --- | --- |",
         f"| `charrnn sample` to first character (target <= 1.0) | {first:.2f} |",
+        f"| the same from a charrnn 0.1 `.pt` checkpoint (read with torch) | {first_legacy:.2f} |",
         f"| `python -c 'import torch'` alone | {imp:.2f} |",
     ]
 
