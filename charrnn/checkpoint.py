@@ -46,6 +46,9 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks in each layer's stacked w
 DTYPES = frozenset({"F64", "F32", "F16", "I64", "I32", "I16", "I8", "U8", "BOOL"})
 _STORED_DTYPES = frozenset({"float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"})
 _INT_KEY = re.compile("-?[0-9]{1,18}")
+# A real payload's JSON has a few thousand items at most (its longest string, a char vocabulary, is
+# one); parsing millions of tiny ones would take many times the file's size in Python objects.
+_MAX_JSON_ITEMS = 100_000
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
@@ -238,6 +241,8 @@ def _document(path: Path, metadata: dict[str, str] | None) -> Any:
     text = (metadata or {}).get(METADATA_KEY)
     if text is None:
         raise CharrnnError(f"{path} is not a charrnn checkpoint (a safetensors file without charrnn's metadata)")
+    if sum(map(text.count, ",[{")) > _MAX_JSON_ITEMS:
+        raise unreadable(path, "its metadata holds far more items than a checkpoint has")
     try:
         return json.loads(text)
     except (ValueError, RecursionError):

@@ -212,6 +212,7 @@ FORMAT2: dict[str, tuple[Writer, str]] = {
     "bfloat16 weights": (_header_with(_bf16), "BF16 tensors"),
     "metadata that is not JSON": (_metadata("{not json"), "metadata is not JSON"),
     "metadata nested too deep": (_metadata("[" * 100_000), "not a readable charrnn checkpoint"),
+    "metadata of millions of items": (_metadata("[" + "{}," * 3_000_000 + "{}]"), "far more items"),
     "metadata naming a missing tensor": (
         _document(lambda d: d["model"].update({"x": {"$tensor": "nowhere"}})),
         "names a tensor the file does not hold",
@@ -322,6 +323,7 @@ def test_a_bad_checkpoint_is_refused_in_one_line(
         "a tensor whose offsets leave the data",
         "config claims a gigantic model",
         "metadata nested too deep",
+        "metadata of millions of items",
     ],
 )
 def test_refusing_a_safetensors_file_takes_no_more_memory_than_it_holds(tmp_path: Path, case: str) -> None:
