@@ -125,6 +125,15 @@ def test_a_format1_run_resumes_and_then_writes_format2(tmp_path: Path) -> None:
     assert load_checkpoint(run / "last.safetensors")["metrics"]["step"] == 70
 
 
+def test_a_format1_run_is_not_trained_over(tmp_path: Path) -> None:
+    """A new `train` into a 0.1 run directory refuses, as it does for a run of this version."""
+    run = tmp_path / "old"
+    shutil.copytree(FIXTURE, run)
+    done = charrnn("train", str(run / "corpus.txt"), "--run", str(run), *TINY)
+    assert done.returncode == 1 and "already exists: pass --resume" in done.stderr
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in FIXTURE.iterdir())
+
+
 def test_a_fresh_run_holds_only_safetensors_checkpoints(tmp_path: Path, corpus_file: Path) -> None:
     done = charrnn("train", str(corpus_file), "--run", str(tmp_path / "run"), "--max-steps", "10", *TINY)
     assert done.returncode == 0, done.stderr
