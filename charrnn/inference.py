@@ -21,7 +21,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from charrnn.config import ModelConfig
 from charrnn.data.tokenizers import Tokenizer
@@ -40,17 +40,23 @@ if TYPE_CHECKING:
 OnText = Callable[[int, str], None]
 
 
+class _HasPath(Protocol):
+    """A `charrnn.Run`, or anything else that names a run directory by its `path`."""
+
+    path: Path
+
+
 class CharrnnWarning(UserWarning):
     """Something worth knowing that does not stop the work (a prime character the model never saw)."""
 
 
-def load(path: str | os.PathLike[str], device: str = "auto") -> Model:
-    """The model of a run directory (its best checkpoint, else its last) or of a checkpoint file,
-    in either checkpoint format. `device`: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N
-    or mps. A missing, damaged or hostile file is a CharrnnError, raised here."""
+def load(path: str | os.PathLike[str] | _HasPath, device: str = "auto") -> Model:
+    """The model of a run directory (its best checkpoint, else its last; a `Run` will do) or of a
+    checkpoint file, in either checkpoint format. `device`: auto (CUDA, then MPS, then the CPU),
+    cpu, cuda, cuda:N or mps. A missing, damaged or hostile file is a CharrnnError, raised here."""
     from charrnn.checkpoint import arrays_from_checkpoint, load_checkpoint, resolve_checkpoint
 
-    file = resolve_checkpoint(Path(path))
+    file = resolve_checkpoint(Path(getattr(path, "path", path)))
     payload = load_checkpoint(file, arrays=True)
     config, tokenizer, weights = arrays_from_checkpoint(payload)
     model = Model(file, str(device), config, tokenizer, weights, payload)
@@ -150,7 +156,7 @@ class Model:
         callback (or None) generates."""
         if not isinstance(prime, str):
             raise CharrnnError(f"the prime must be a str, got {type(prime).__name__}")
-        stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         settings = SampleSettings(
             length=length,
             temperature=temperature,

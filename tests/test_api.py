@@ -77,6 +77,7 @@ def test_load_takes_a_run_directory_or_one_of_its_checkpoint_files(runs: dict[st
     model = charrnn.load(runs["char"])
     assert model.path == runs["char"] / "best.safetensors"
     assert charrnn.load(model.path).config == model.config
+    assert charrnn.load(charrnn.Run(runs["char"])).path == model.path
     assert model.config.hidden_size == 16 and model.config.num_layers == 2
     assert model.tokenizer.kind == "char" and "lstm 2x16" in repr(model)
 
