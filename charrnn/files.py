@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +60,6 @@ def atomic_write(path: Path, write: Any) -> None:
                 raise recorder.error from None  # torch.save reports a failed write as a RuntimeError
             handle.flush()
             os.fsync(handle.fileno())
-        if (slow := os.environ.get("CHARRNN_TEST_SLOW_SAVE")) and path.suffix == ".safetensors":
-            time.sleep(float(slow))  # test hook: hold a checkpoint between write and rename, for kill tests
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -97,24 +97,6 @@ class _StopFlag:
         self._first_at = time.monotonic()
 
 
-def _nan_test_steps() -> set[int]:
-    """Test hook: CHARRNN_TEST_NAN_STEPS="5,6" poisons the loss of the 5th and 6th update tried
-    (a skipped update counts, so a poisoned step is not poisoned again when it is retried)."""
-    raw = os.environ.get("CHARRNN_TEST_NAN_STEPS", "")
-    return {int(s) for s in raw.split(",") if s.strip().isdigit()}
-
-
-def _test_signal() -> tuple[int, int] | None:
-    """Test hook: CHARRNN_TEST_SIGNAL_AT_STEP=N and CHARRNN_TEST_SIGNAL=INT|TERM|KILL make the
-    process send itself that signal right after step N, an interruption at a known point.
-    Under torchrun, CHARRNN_TEST_SIGNAL_RANK=R limits it to rank R in the job's first attempt."""
-    at, name = os.environ.get("CHARRNN_TEST_SIGNAL_AT_STEP", ""), os.environ.get("CHARRNN_TEST_SIGNAL", "INT")
-    only = os.environ.get("CHARRNN_TEST_SIGNAL_RANK")
-    if only is not None and (os.environ.get("RANK", "0") != only or distributed.restart_count() > 0):
-        return None
-    return (int(at), getattr(signal, f"SIG{name}")) if at.isdigit() else None
-
-
 def lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warmup over `warmup_steps`, then cosine from 1 to `min_lr_frac` as progress goes 0 -> 1."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -218,8 +200,6 @@ class Trainer:
         self.p = _Progress()
         self.state: State = self.model.init_state(self.batcher.batch_size, self.device)
         self.history: list[dict[str, Any]] = []
-        self.nan_steps = _nan_test_steps()
-        self.test_signal = _test_signal()
         self.budget_from = budget_from  # see `train`
         self.params = list(self.model.parameters())
         self.tokens_per_step = self.batcher.batch_size * self.batcher.seq_len * self.ranks.world
@@ -334,7 +314,6 @@ class Trainer:
         """Update until the budget is spent, patience runs out or a signal asks to stop, writing a
         metrics record, evaluating and saving on their schedules, and saving at the end."""
         self._announce()
-        self.tried = self.p.step
         window = _Window(torch.tensor(self.p.window_loss, device=self.device), self.p.window_steps)
         clock = time.monotonic() - self.p.elapsed
         if self.budget_from is not None and self.p.step == 0:
@@ -399,8 +378,6 @@ class Trainer:
         self.p.step += 1
         self.p.step_in_epoch += 1
         self.p.chars_seen += self.tokens_per_step
-        if self.test_signal and self.p.step == self.test_signal[0]:
-            os.kill(os.getpid(), self.test_signal[1])
         return loss.detach().float(), lr
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, State]:
@@ -408,9 +385,6 @@ class Trainer:
         the state after them."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             _, loss, new_state = self.net(x, self.state, y)
-        self.tried += 1  # updates tried, skipped ones included (what the NaN test hook counts)
-        if self.tried in self.nan_steps:
-            loss = loss * float("nan")
         return loss, new_state
 
     def _skip_update(self) -> None:

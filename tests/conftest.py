@@ -77,6 +77,12 @@ TINY = [
 ]
 
 
+# The command line of `charrnn` as the subprocess tests run it: charrnn.cli.main, with the test
+# hooks that the CHARRNN_TEST_* variables of its environment ask for (see tests/hooks.py).
+HOOKS = Path(__file__).resolve().parent / "hooks.py"
+CLI = [sys.executable, str(HOOKS)]
+
+
 def charrnn(
     *args: str,
     cwd: Path | None = None,
@@ -84,9 +90,9 @@ def charrnn(
     stdin: str | None = None,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m charrnn ARGS` in a subprocess and capture its output."""
+    """Run `charrnn ARGS` in a subprocess (see `CLI`) and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "charrnn", *args],
+        [*CLI, *args],
         cwd=cwd,
         env={**os.environ, **(env or {})},
         input=stdin,

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import KJV, charrnn
+from conftest import HOOKS, KJV, charrnn
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.distributed import streams_per_rank, torchrun_command
@@ -49,10 +49,11 @@ SETTINGS += ["--log-interval", "5", "--save-interval", "5", "--max-steps", str(S
 def torchrun(
     *args: str, nproc: int = 2, launcher: tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`torchrun --standalone --nproc-per-node NPROC -m charrnn -- ARGS`, waited for; on a timeout the
-    whole process group goes, so no rank outlives a failed test."""
+    """`torchrun --standalone --nproc-per-node NPROC tests/hooks.py -- ARGS` (charrnn with the test
+    hooks, see conftest.CLI), waited for; on a timeout the whole process group goes, so no rank
+    outlives a failed test."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
-    command += [*launcher, "-m", "charrnn", "--", *args]
+    command += [*launcher, str(HOOKS), "--", *args]
     proc = subprocess.Popen(
         command,
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},

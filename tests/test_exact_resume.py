@@ -2,7 +2,7 @@
 uninterrupted run with the same seed ends: the same weights, bit for bit, and the same metrics.
 
 The interruption lands at a known step through the test hook CHARRNN_TEST_SIGNAL_AT_STEP /
-CHARRNN_TEST_SIGNAL in charrnn/train.py. Step 23 is off the log, eval and save schedules and at an
+CHARRNN_TEST_SIGNAL in tests/hooks.py. Step 23 is off the log, eval and save schedules and at an
 epoch boundary (23 steps per epoch here), so SIGKILL makes the resume replay steps 21-23 from the
 step-20 checkpoint and then cross into the second epoch.
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, charrnn
+from hooks import signal_after_step
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import TrainConfig
@@ -103,14 +104,12 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         expected_step = 20  # the last save before the kill
     else:
-        for name, value in hook.items():
-            monkeypatch.setenv(name, value)
-        with pytest.raises(Interrupted) as stopped:
+        signum = getattr(signal, f"SIG{signal_name}")
+        with monkeypatch.context() as patch, pytest.raises(Interrupted) as stopped:
+            signal_after_step(STOP_AT, signum, patch.setattr)
             train(find_corpus([str(text_file)]), {**MODEL, "cell": cell}, CONFIG, run, handle_signals=True)
-        assert stopped.value.exit_code == 128 + getattr(signal, f"SIG{signal_name}")
+        assert stopped.value.exit_code == 128 + signum
         expected_step = STOP_AT
-        for name in hook:
-            monkeypatch.delenv(name)
     assert load_checkpoint(run / "last.safetensors")["metrics"]["step"] == expected_step
 
     result = resume(run)

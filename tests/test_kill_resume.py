@@ -2,7 +2,7 @@
 
 A harness trains with a save after every step and kills the process again and again: at random
 moments from its start (while it imports, reads the corpus, trains or saves) and at random short
-delays after a checkpoint write has begun. CHARRNN_TEST_SLOW_SAVE (charrnn/checkpoint.py) holds each
+delays after a checkpoint write has begun. CHARRNN_TEST_SLOW_SAVE (tests/hooks.py) holds each
 save between writing its temporary file and renaming it, so many kills land mid-save. After each
 kill every file of the run must be whole: best.safetensors and last.safetensors load and hold a usable model,
 config.json parses, metrics.jsonl is valid JSON up to its last complete line, and the run resumes
@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import TINY, charrnn
+from conftest import CLI, TINY, charrnn
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.train import resume
@@ -84,9 +83,9 @@ def _kill_repeatedly(run: Path, corpus: Path, kills: int, seed: int, resume_lock
     rng = random.Random(seed)
     tally = Tally()
     env = {**os.environ, "CHARRNN_TEST_SLOW_SAVE": "0.02"}
-    fresh = [sys.executable, "-m", "charrnn", "train", str(corpus), "--run", str(run), *TINY, "--cell", "gru"]
+    fresh = [*CLI, "train", str(corpus), "--run", str(run), *TINY, "--cell", "gru"]
     fresh += ["--save-interval", "1", "--max-steps", BIG, "--device", "cpu"]
-    again = [sys.executable, "-m", "charrnn", "train", "--resume", str(run), "--max-steps", BIG, "--quiet"]
+    again = [*CLI, "train", "--resume", str(run), "--max-steps", BIG, "--quiet"]
     for kill in range(kills):
         command = again if (run / "last.safetensors").exists() else fresh
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

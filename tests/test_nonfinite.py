@@ -2,7 +2,7 @@
 or infinite is skipped with a warning and training goes on; NONFINITE_LIMIT such updates in a row
 stop training with a clear error, and the checkpoints saved before stay intact and finite.
 
-The test hook CHARRNN_TEST_NAN_STEPS (charrnn/train.py) poisons the loss of chosen updates,
+The test hook CHARRNN_TEST_NAN_STEPS (tests/hooks.py) poisons the loss of chosen updates,
 counting every update tried, skipped ones included.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import TINY, charrnn
+from hooks import poison_updates
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.config import TrainConfig, asdict
@@ -56,7 +57,7 @@ def _poison(*updates: int) -> dict[str, str]:
 def test_a_few_nonfinite_updates_are_skipped_with_a_warning(
     tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CHARRNN_TEST_NAN_STEPS", "5,6,13")
+    poison_updates({5, 6, 13}, monkeypatch.setattr)
     messages: list[str] = []
     result = train(
         find_corpus([str(corpus_file)]), MODEL, CONFIG, tmp_path / "run", report=Report(on_message=messages.append)

@@ -11,13 +11,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import CLI, TINY
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.config import TrainConfig
@@ -32,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "charrnn", *args],
+        [*CLI, *args],
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
