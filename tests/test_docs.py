@@ -10,8 +10,9 @@ reader who has run `make demo` from the repository root would:
 - `runs/old/`: a run written by charrnn 0.1 (format-1 `best.pt` and `last.pt`, from
   tests/fixtures/format1).
 
-A block must be cheap (tiny models, a few seconds). Shell commands and output go in ```console
-or ```text blocks, which are not run.
+Blocks share one token cache (`CHARRNN_CACHE_DIR`), so those that train on corpora/kjv.txt do
+not encode it again. A block must be cheap (tiny models, a few seconds). Shell commands and
+output go in ```console or ```text blocks, which are not run.
 """
 
 from __future__ import annotations
@@ -68,14 +69,20 @@ BLOCKS = [block for path in DOCS for block in python_blocks(path)]
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One token cache for the session: blocks that train on corpora/kjv.txt reuse its encoding."""
+    return tmp_path_factory.mktemp("docs-cache")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, token_cache: Path) -> Path:
     """A small run trained by the CLI once per session: what `runs/demo/` holds for the blocks."""
     run = tmp_path_factory.mktemp("docs") / "demo"
     done = subprocess.run(
         [sys.executable, "-m", "charrnn", "train", str(ROOT / "corpora" / "kjv.txt"), "--run", str(run)]
         + TINY
         + ["--max-steps", "20"],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CHARRNN_CACHE_DIR": str(token_cache)},
         capture_output=True,
         text=True,
         timeout=120,
@@ -94,10 +101,10 @@ def workspace(tmp_path: Path, demo_run: Path) -> Path:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[block.where for block in BLOCKS])
-def test_python_block_runs(block: Block, workspace: Path) -> None:
+def test_python_block_runs(block: Block, workspace: Path, token_cache: Path) -> None:
     script = workspace / "block.py"
     script.write_text(block.code, encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CHARRNN_CACHE_DIR": str(token_cache)}
     try:
         done = subprocess.run(
             [sys.executable, str(script)],
