@@ -48,10 +48,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, real_text: str) -> Path:
 def runs(corpus: Path) -> dict[str, Path]:
     """One run per tokenizer, and a GRU."""
     made = {}
-    for kind, vocab in KINDS.items():
-        sizes = {"vocab_size": vocab} if vocab else {}
-        made[kind] = charrnn.train(corpus, run=corpus.parent / kind, tokenizer=kind, **sizes, **SMALL).path
-    made["gru"] = charrnn.train(corpus, run=corpus.parent / "gru", cell="gru", **SMALL).path
+    with pytest.MonkeyPatch.context() as patch:  # a token cache of this module's own
+        patch.setenv("CHARRNN_CACHE_DIR", str(corpus.parent / "cache"))
+        for kind, vocab in KINDS.items():
+            sizes = {"vocab_size": vocab} if vocab else {}
+            made[kind] = charrnn.train(corpus, run=corpus.parent / kind, tokenizer=kind, **sizes, **SMALL).path
+        made["gru"] = charrnn.train(corpus, run=corpus.parent / "gru", cell="gru", **SMALL).path
     return made
 
 
