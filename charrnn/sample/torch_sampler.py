@@ -157,6 +157,29 @@ def sample(
         torch.set_num_threads(previous_threads)
 
 
+def _primed(
+    model: RNNLanguageModel, ids: torch.Tensor, batch: int, scale: float, unk_id: int | None
+) -> tuple[torch.Tensor, SingleStep, list]:
+    """Run the prime ids (T,) through the fused model for `batch` streams: the first logits
+    (B, V) times `scale`, with <unk> banned, the one-token step and its per-layer state."""
+    with torch.no_grad():
+        logits, _, state = model(ids[:, None].expand(-1, batch))
+    logits = logits[-1].float() * scale
+    if unk_id is not None:
+        logits[:, unk_id] = float("-inf")  # never generate <unk>
+    step = SingleStep(model, banned=[] if unk_id is None else [unk_id])
+    return logits, step, step.begin(state)
+
+
+def _decode_bulk(tokenizer: Tokenizer, collected: list[torch.Tensor], length: int, batch: int) -> list[str]:
+    """The texts of blocks of tokens (steps, B) kept on the device: one copy to the host, then
+    numpy decodes each row (a Python loop over 4 M tokens takes ~0.5 s)."""
+    if not collected:
+        return [""] * batch
+    rows = torch.cat(collected)[:length].t().cpu().numpy()
+    return [tokenizer.decode(ids) for ids in rows]
+
+
 def _sample(
     model: RNNLanguageModel,
     tokenizer: Tokenizer,
@@ -173,13 +196,7 @@ def _sample(
     generator.manual_seed(settings.seed if settings.seed is not None else int(torch.seed() % 2**63))
     # The temperature divides the logits inside the step's last product; greedy needs no division.
     scale = 1.0 / settings.temperature if settings.temperature > 0 else 1.0
-    with torch.no_grad():
-        logits, _, state = model(ids.to(device)[:, None].expand(-1, batch))
-    logits = logits[-1].float() * scale
-    if tokenizer.unk_id is not None:
-        logits[:, tokenizer.unk_id] = float("-inf")  # never generate <unk>
-    step = SingleStep(model, banned=[] if tokenizer.unk_id is None else [tokenizer.unk_id])
-    layers = step.begin(state)
+    logits, step, layers = _primed(model, ids.to(device), batch, scale, tokenizer.unk_id)
     streams = [TextStream(tokenizer, settings.length, settings.stop, healed) for _ in range(batch)]
     healing = Healing(tokenizer, healed, batch)
     emit = on_text or (lambda i, t: None)
@@ -235,9 +252,7 @@ def _sample(
         if unfinished:
             logits, layers = step.advance(token, layers, scale)  # <unk> is banned inside the step
     if bulk:
-        # One copy to the host, then numpy decodes each row (a Python loop over 4 M tokens takes ~0.5 s).
-        rows = torch.cat(collected)[: settings.length].t().cpu().numpy() if collected else [[] for _ in streams]
-        texts = [tokenizer.decode(ids) for ids in rows]
+        texts = _decode_bulk(tokenizer, collected, settings.length, batch)
         # Exactly `length` tokens of each stream are text, however many the last block computed.
         return SampleResult(texts, unknown, batch * settings.length, time.perf_counter() - started)
     for i, stream in enumerate(streams):
