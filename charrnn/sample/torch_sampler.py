@@ -202,9 +202,7 @@ def _sample(
     emit = on_text or (lambda i, t: None)
     generated = 0
     unfinished = sum(not s.done for s in streams)
-    # Tokens stay on the device and reach Python (decoding, stop strings, printing) in blocks,
-    # so neither a host round trip nor per-stream Python runs at every step.
-    block = BLOCK_CPU if device.type == "cpu" else 256
+    block = BLOCK_CPU if device.type == "cpu" else 256  # steps whose tokens reach Python together
     pending: list[torch.Tensor] = []
     graph: GraphBlock | None = None
     # Bulk mode: a char model with nothing to watch (no printing, no stop strings) needs exactly
