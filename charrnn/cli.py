@@ -196,6 +196,42 @@ def eval_(
 
 
 @app.command()
+def score(
+    run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
+    text_file: Annotated[str, typer.Argument(help="Text to score, or - for standard input.", show_default=False)],
+    whole: Annotated[bool, typer.Option("--whole", help="One record for the whole text, not one per line.")] = False,
+    sort: Annotated[bool, typer.Option("--sort", help="Lines by bits per character, highest first.")] = False,
+    top: Annotated[
+        Optional[int], typer.Option(help="Only the N lines of most bits per character, highest first.")
+    ] = None,
+    independent: Annotated[
+        bool,
+        typer.Option("--independent", help="Score each line on its own, from a fresh state (default: in context)."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines, one record per line.")] = False,
+    encoding: Annotated[str, typer.Option(help="Encoding of TEXT_FILE.")] = "utf-8",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+) -> None:
+    """Bits per character of each line of a text, and its most surprising character: find the odd lines.
+
+    One stateful pass, as eval makes it: the lines' bits add up to eval's. See docs/scoring.md.
+    """
+    from charrnn.line_scores import score_file, scores_table
+
+    scores = score_file(
+        run, text_file, whole=whole, independent=independent, sort=sort, top=top, encoding=encoding, device=device
+    )
+    if as_json:
+        for record in scores:
+            print(json.dumps(record.as_dict(), ensure_ascii=False))
+    else:
+        _console(160).print(scores_table(scores))
+    if scores.total.unknown:
+        unknown = f"{scores.total.unknown:,} characters are not in the model's vocabulary: scored as <unk>"
+        print(f"charrnn: note: {unknown}", file=sys.stderr)
+
+
+@app.command()
 def sample(
     run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
     prime: Annotated[str, typer.Option(help="Text to continue.")] = "",
