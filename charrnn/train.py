@@ -1,15 +1,13 @@
 """The training loop: truncated BPTT over contiguous streams, with exact resume.
 
-One step takes the next window of every stream (see `StreamBatcher`), runs it
-from the hidden state the previous window left, back-propagates through that
-window only, clips the global gradient norm, and lets AdamW update. The loss is
-read back to the host only at logging intervals, so the device never waits on
-Python between steps.
+One step takes the next window of every stream (`StreamBatcher`), runs it from the hidden state
+the previous window left, back-propagates through that window only, clips the global gradient
+norm and lets AdamW update. The loss reaches the host only at logging intervals; the one read in
+every step is whether the gradient norm is finite, so that a NaN step is skipped, not applied.
 
-Everything that decides what happens next (weights, optimizer moments, step,
-position in the epoch, carried hidden state, RNG states, best validation loss,
-patience) is saved in `last.pt`, so `--resume` continues bit for bit where the
-run stopped, whatever stopped it.
+Everything that decides what happens next (weights, optimizer moments, step, position in the
+epoch, carried hidden state, RNG states, best validation loss, patience) is saved in
+`last.safetensors`, so `--resume` continues bit for bit where the run stopped, whatever stopped it.
 """
 
 from __future__ import annotations
