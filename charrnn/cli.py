@@ -234,76 +234,134 @@ def score(
 @app.command()
 def sample(
     run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
-    prime: Annotated[str, typer.Option(help="Text to continue.")] = "",
+    prime: Annotated[str, typer.Option(help="Text to continue (on a --lines run: the start of every example).")] = "",
     prime_file: Annotated[Optional[Path], typer.Option(help="Read the prime from this file.")] = None,
-    length: Annotated[int, typer.Option(help="New characters per sample.")] = 500,
+    length: Annotated[
+        Optional[int],
+        typer.Option(
+            help="New characters per sample (default 500; on a --lines run, the most per example: "
+            "twice the corpus's longest line, at least 100).",
+            show_default=False,
+        ),
+    ] = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 = greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = off).")] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass in (0, 1] (1 = off).")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed gives the same text.")] = None,
-    num_samples: Annotated[int, typer.Option(help="Samples generated together as one batch.")] = 1,
+    num_samples: Annotated[
+        int, typer.Option(help="Samples generated together as one batch (on a --lines run: examples, one a line).")
+    ] = 1,
     stop: Annotated[
         Optional[list[str]], typer.Option(help="Stop a sample where this text appears (repeatable).")
     ] = None,
+    unique: Annotated[bool, typer.Option("--unique", help="--lines run: no example twice.")] = False,
+    novel: Annotated[
+        bool, typer.Option("--novel", help="--lines run: only examples that are no line of the corpus.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the samples as JSON (on a --lines run, each with its flag).")
+    ] = False,
     output: Annotated[Optional[Path], typer.Option(help="Write the samples to this file instead of stdout.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
-    """Generate text from a trained model."""
-    import os
-    import time
+    """Generate text from a trained model; from a --lines run, whole examples, one a line.
+
+    On a --lines run a line on stderr counts the examples that are new and those that copy a
+    training or a validation line.
+    """
     import warnings
 
     import charrnn
     from charrnn.inference import CharrnnWarning
 
-    if output is not None:  # an unusable --output is refused before any time goes into generating
-        folder = output.parent
-        if not folder.is_dir():
-            raise CharrnnError(f"cannot write {output}: directory {folder} does not exist")
-        if output.is_dir():
-            raise CharrnnError(f"cannot write {output}: it is a directory")
-        if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
-            raise CharrnnError(f"cannot write {output}: permission denied")
+    _check_output(output)
     if prime_file is not None:
         if prime:
             raise CharrnnError("give --prime or --prime-file, not both")
         from charrnn.data.corpus import find_corpus
 
         prime = find_corpus([str(prime_file)]).read_text()
-    settings = dict(length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or ())
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or ())
     model = charrnn.load(run, device)
-    live = output is None and num_samples == 1  # one sample to the terminal: shown as it is made
+    if not model.lines and (unique or novel):
+        flag = "--novel" if novel else "--unique"
+        raise CharrnnError(f"{flag} needs a run trained with --lines (one example per line); {run} was not")
+    live = output is None and num_samples == 1 and not as_json and not model.lines  # shown as it is made
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always", CharrnnWarning)
-        if live:
-            pieces = model.stream(prime, **settings)
+        if model.lines:
+            made = model.examples(num_samples, prime, unique=unique, novel=novel, length=length, **settings)
+        elif live:
+            pieces = model.stream(prime, length=500 if length is None else length, **settings)
         else:
-            made = model.generate(prime, num_samples=num_samples, **settings)
+            made = model.generate(prime, 500 if length is None else length, num_samples=num_samples, **settings)
     if live:
-        sys.stdout.write(prime)
-        flushed = 0.0  # the first piece is flushed at once, later ones at most every 50 ms
-        for piece in pieces:
-            sys.stdout.write(piece)
-            if time.perf_counter() - flushed > 0.05:
-                sys.stdout.flush()
-                flushed = time.perf_counter()
-        sys.stdout.write("\n")
+        _show_live(prime, pieces)
     else:
-        texts = [prime + text for text in (made if isinstance(made, list) else [made])]
-        blocks = "\n".join(f"----- sample {i} -----\n{text}\n" for i, text in enumerate(texts, start=1))
-        if output is None:
-            sys.stdout.write(blocks)
-        else:
-            from charrnn.files import atomic_write
-
-            body = texts[0] if len(texts) == 1 else blocks
-            atomic_write(output, lambda handle: handle.write(body.encode("utf-8")))
+        _write_samples(made, prime, as_json, output)
     sys.stdout.flush()
     for note in notes:
         if issubclass(note.category, CharrnnWarning):
             print(f"charrnn: note: {note.message}", file=sys.stderr)
         else:
             warnings.showwarning(note.message, note.category, note.filename, note.lineno)
+    if model.lines:
+        print(f"charrnn: {made.summary()}", file=sys.stderr)
+
+
+def _show_live(prime: str, pieces: Any) -> None:
+    """One sample to stdout as it is made: the first piece flushed at once, later ones at most every 50 ms."""
+    import time
+
+    sys.stdout.write(prime)
+    flushed = 0.0
+    for piece in pieces:
+        sys.stdout.write(piece)
+        if time.perf_counter() - flushed > 0.05:
+            sys.stdout.flush()
+            flushed = time.perf_counter()
+    sys.stdout.write("\n")
+
+
+def _check_output(output: Optional[Path]) -> None:
+    """An unusable --output is refused before any time goes into generating."""
+    import os
+
+    if output is None:
+        return
+    folder = output.parent
+    if not folder.is_dir():
+        raise CharrnnError(f"cannot write {output}: directory {folder} does not exist")
+    if output.is_dir():
+        raise CharrnnError(f"cannot write {output}: it is a directory")
+    if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise CharrnnError(f"cannot write {output}: permission denied")
+
+
+def _write_samples(made: Any, prime: str, as_json: bool, output: Optional[Path]) -> None:
+    """The samples to stdout or --output: examples of a --lines run one a line, other samples after
+    their prime (one alone, or each under a header), or as JSON."""
+    from charrnn.sample.examples import Examples
+
+    if isinstance(made, Examples):
+        records = [{"text": text, "flag": flag} for text, flag in zip(made.texts, made.flags)]
+        body = "".join(f"{text}\n" for text in made.texts)
+    else:
+        texts = [prime + text for text in (made if isinstance(made, list) else [made])]
+        records = [{"text": text} for text in texts]
+        blocks = "\n".join(f"----- sample {i} -----\n{text}\n" for i, text in enumerate(texts, start=1))
+        body = blocks if output is None or len(texts) > 1 else texts[0]
+    if as_json:
+        document: dict[str, Any] = {"samples": records}
+        if isinstance(made, Examples):
+            document.update(counts=made.counts(), asked=made.asked, drawn=made.drawn)
+        body = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(body)
+    else:
+        from charrnn.files import atomic_write
+
+        atomic_write(output, lambda handle: handle.write(body.encode("utf-8")))
 
 
 def _fail(message: str, code: int) -> None:

@@ -70,6 +70,7 @@ class TrainConfig:
     vocab_size: int | None = None  # only for the SentencePiece kinds
     val_frac: float = 0.05
     test_frac: float = 0.0
+    lines: bool = False  # one example per line: split by lines, each shuffled line ends with its break (data/lines.py)
     # optimisation
     batch_size: int = 32
     seq_len: int = 128

@@ -33,8 +33,10 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from charrnn.data.lines import LineSets
     from charrnn.evaluate import EvalResult
     from charrnn.model import RNNLanguageModel
+    from charrnn.sample.examples import Examples
     from charrnn.score import Score
 
 OnText = Callable[[int, str], None]
@@ -69,7 +71,8 @@ class Model:
     """A trained model, made by `charrnn.load`.
 
     config: the ModelConfig (cell, layers, sizes, vocabulary size); tokenizer: its Tokenizer;
-    path: the checkpoint file it was read from; device: the device asked for.
+    path: the checkpoint file it was read from; device: the device asked for; lines: whether it
+    was trained with --lines, one example per line (then `examples` draws whole examples).
     """
 
     def __init__(
@@ -87,6 +90,9 @@ class Model:
         self.tokenizer = tokenizer
         self._weights = weights
         self._described = {key: payload[key] for key in ("model_config", "tokenizer")}
+        train_config = payload.get("train_config")
+        self.lines = isinstance(train_config, dict) and train_config.get("lines") is True
+        self._line_sets: LineSets | None = None
         self._module: RNNLanguageModel | None = None
         self._resolved: torch.device | None = None
 
@@ -140,6 +146,68 @@ class Model:
         own, and stops soon after the iterator is closed or dropped."""
         run = self._sampler(prime, length, temperature, top_k, top_p, seed, num_samples, stop)
         return _pieces(run, single=num_samples == 1)
+
+    def examples(
+        self,
+        n: int = 10,
+        prime: str = "",
+        *,
+        unique: bool = False,
+        novel: bool = False,
+        length: int | None = None,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] = (),
+    ) -> Examples:
+        """`n` whole examples from a model trained with --lines, each starting with `prime` and
+        ending at its own line break (not included), with its flag: "new", or "train", "val",
+        "test" for a copy of a line of that side of the corpus (`.summary()` counts them).
+
+        unique: no example twice; novel: only new ones. Samples are drawn in rounds until `n` are
+        kept, at most 10 per example asked + 100 (then fewer come back: `.complete` is False).
+        length: the most characters after the prime (default: twice the corpus's longest line, at
+        least 100); a sample that runs past it without a line break is dropped. `stop` strings
+        end an example early, as in `generate`.
+        """
+        from charrnn.sample.examples import draw_examples
+        from charrnn.sample.settings import MAX_SAMPLES
+
+        if not self.lines:
+            raise CharrnnError(f"{self.path} was not trained with --lines: it has no examples to draw, only text")
+        if not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+            raise CharrnnError(f"the number of examples must be in 1..{MAX_SAMPLES}, got {n!r}")
+        if not isinstance(prime, str) or "\n" in prime:
+            raise CharrnnError("the prime of an example must be a str without a line break: it starts one line")
+        if length is not None and (not isinstance(length, int) or length < 1):
+            raise CharrnnError(f"the length of an example must be at least 1 character, got {length!r}")
+        sets = self.line_sets(required=novel)
+        cap = length or (max(100, 2 * sets.longest) if sets else 500)
+        stops = ("\n", *((stop,) if isinstance(stop, str) else tuple(stop or ())))
+
+        def generate(count: int, round_seed: int | None) -> list[str]:
+            # Primed with a line break, so the model starts a fresh example; cap + 1 tells a cut one.
+            run = self._sampler("\n" + prime, cap + 1, temperature, top_k, top_p, round_seed, count, stops)
+            return run(None).texts
+
+        with warnings.catch_warnings():
+            if prime:  # the prime is checked (and an unknown character warned of) once, not every round
+                self._sampler("\n" + prime, cap, temperature, top_k, top_p, seed, 1, stops)
+                warnings.simplefilter("ignore", CharrnnWarning)
+            return draw_examples(generate, n, prime, sets=sets, unique=unique, novel=novel, length=cap, seed=seed)
+
+    def line_sets(self, *, required: bool = False) -> LineSets | None:
+        """The line hashes of a --lines run (lines.npz beside the checkpoint), or None when the file
+        is not there; `required`: a missing file is a CharrnnError."""
+        from charrnn.data.lines import LINES_FILE, LineSets
+
+        path = self.path.parent / LINES_FILE
+        if self._line_sets is None and (required or path.exists()):
+            if not path.exists():
+                raise CharrnnError(f"{path} is missing: without the run's line hashes, new and copied lines look alike")
+            self._line_sets = LineSets.load(path)
+        return self._line_sets
 
     def _sampler(
         self,

@@ -71,6 +71,7 @@ OPTIONS: tuple[Option, ...] = (
         Option("val_file", FILES, None, None, "Validation text instead of --val-frac."),
         Option("val_frac", float, 0.05, "train.val_frac", "Fraction of the text (its end) held out for validation."),
         Option("test_frac", float, 0.0, "train.test_frac", "Fraction held out for testing (after validation)."),
+        Option("lines", bool, False, "train.lines", "One example per line (names, titles): the text is split by distinct lines, shuffled by --seed; samples are whole lines."),
         Option("tokenizer", str, "char", "train.tokenizer", "char, byte, bpe or unigram."),
         Option("vocab_size", int, None, "train.vocab_size", "Vocabulary size for bpe/unigram."),
     ),

@@ -5,6 +5,7 @@ runs/NAME/
   last.safetensors  latest state, with everything `--resume` needs
   config.json       the resolved model and training config, and the corpus it read
   metrics.jsonl     one JSON object a line: step, time, train loss, val loss, lr, chars/s
+  lines.npz         a --lines run only: the hashes of its training, validation and test lines
   .lock             held (flock) by the `charrnn train` writing here
 
 A run from charrnn 0.1 holds best.pt and last.pt (format 1) instead: it is still a run, and
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from charrnn.checkpoint import BEST, LAST, LEGACY_BEST, LEGACY_LAST
+from charrnn.data.lines import LINES_FILE
 from charrnn.errors import CharrnnError
 from charrnn.files import atomic_write
 
@@ -34,6 +36,7 @@ class RunDir:
         self.legacy_last = path / LEGACY_LAST
         self.config = path / "config.json"
         self.metrics = path / "metrics.jsonl"
+        self.lines = path / LINES_FILE  # a --lines run's line hashes (charrnn.data.lines.LineSets)
         self._lock_fd: int | None = None
         self._made: list[Path] = []  # directories create() made, deepest first
         self._made_lock = False
@@ -87,7 +90,7 @@ class RunDir:
         if not self.has_checkpoint():
             leftovers = [self.path / ".lock"] if self._made_lock else []
             if self._made:
-                leftovers += [self.config, self.metrics, *self.path.glob(".*.tmp")]
+                leftovers += [self.config, self.metrics, self.lines, *self.path.glob(".*.tmp")]
             for path in leftovers:
                 path.unlink(missing_ok=True)
             for directory in self._made:

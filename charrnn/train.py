@@ -546,6 +546,8 @@ def train(
                 if distributed.launched():
                     config["torchrun"] = {"world_size": ranks.world, "job_id": distributed.job_id()}
                 run.write_config(config)
+                if dataset.lines is not None:  # each side's line hashes: `sample` tells new lines from copies
+                    dataset.lines.save(run.lines)
                 run.metrics.unlink(missing_ok=True)
             return _fit(trainer, handle_signals)
         finally:

@@ -4,7 +4,8 @@
 builds the tokenizer on the training part only, and encodes the whole corpus once into a cached
 flat file of compact ids (uint8/int16/int32) that later runs memory-map. A `Split` is a 1-D id
 tensor, a view of that map, with the number of characters it encodes. `dataset_of_run` rebuilds
-a run's dataset from its checkpoint, for `--resume` and `charrnn eval RUN`.
+a run's dataset from its checkpoint, for `--resume` and `charrnn eval RUN`. With `--lines` the
+splits are sets of whole lines instead, each side shuffled by the seed (see `charrnn.data.lines`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from charrnn.config import TrainConfig
+from charrnn.data import lines
 from charrnn.data.corpus import Corpus, find_corpus
 from charrnn.data.tokenizers import CharVocabCounter, Tokenizer, tokenizer_from_state, train_tokenizer
 from charrnn.errors import CharrnnError
@@ -61,6 +63,7 @@ class Dataset:
     val: Split | None
     test: Split | None
     corpus_hash: str
+    lines: lines.LineSets | None = None  # the lines of each side, for a --lines run
 
 
 def default_cache_dir() -> Path:
@@ -120,16 +123,19 @@ def _regions(corpus: Corpus, bounds: list[int]) -> Iterator[tuple[int, str]]:
 
 
 def _build_tokenizer(corpus: Corpus, train_end: int, cfg: TrainConfig, progress: Progress) -> Tokenizer:
+    return _tokenizer_of((text for region, text in _regions(corpus, [train_end]) if region == 0), cfg, progress)
+
+
+def _tokenizer_of(train_text: Iterable[str], cfg: TrainConfig, progress: Progress) -> Tokenizer:
+    """The tokenizer `cfg` asks for, built on the training text (pieces of it, read once)."""
     if cfg.tokenizer == "char":
         counter = CharVocabCounter()
-        for region, text in _regions(corpus, [train_end]):
-            if region == 0:
-                counter.update(text)
+        for text in train_text:
+            counter.update(text)
         return counter.build()
     if cfg.tokenizer == "byte":
         return train_tokenizer("byte", "")
-    train_text = "".join(text for region, text in _regions(corpus, [train_end]) if region == 0)
-    return train_tokenizer(cfg.tokenizer, train_text, cfg.vocab_size, progress=progress)
+    return train_tokenizer(cfg.tokenizer, "".join(train_text), cfg.vocab_size, progress=progress)
 
 
 class _Encoder:
@@ -170,6 +176,8 @@ def _cache_key(corpus_hash: str, val_hash: str | None, cfg: TrainConfig) -> str:
         "val_frac": None if val_hash else cfg.val_frac,
         "test_frac": cfg.test_frac,
     }
+    if cfg.lines:  # the split and the order of the lines come from the seed
+        spec["lines"] = {"seed": cfg.seed}
     return hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
@@ -182,17 +190,26 @@ def prepare_dataset(
     progress: Progress = lambda message: None,
 ) -> Dataset:
     """Split, tokenize and cache `corpus` (see the module docstring); returns memory-mapped splits."""
+    if cfg.lines and val_corpus is not None:
+        raise CharrnnError("--lines holds out whole lines of the corpus itself: use --val-frac, not --val-file")
     corpus_hash = corpus.content_hash()
     val_hash = val_corpus.content_hash() if val_corpus else None
     key = _cache_key(corpus_hash, val_hash, cfg)
     directory = _writable_cache_dir(cache_dir)
     meta_path, tokens_path, tok_path = (directory / f"{key}.{ext}" for ext in ("json", "bin", "tok.pt"))
+    lines_path = directory / f"{key}.{lines.LINES_FILE}"
     meta = _read_meta(meta_path, tokens_path)
-    if meta is None:
+    if meta is None or (cfg.lines and not lines_path.is_file()):
         progress(f"tokenizing {corpus.describe()} into the cache at {directory}")
-        meta = _build_cache(corpus, val_corpus, cfg, tokens_path, tok_path, meta_path, progress)
+        if cfg.lines:
+            meta = _build_lines_cache(corpus, cfg, tokens_path, tok_path, meta_path, lines_path, progress)
+        else:
+            meta = _build_cache(corpus, val_corpus, cfg, tokens_path, tok_path, meta_path, progress)
     else:
         progress(f"token cache hit: {tokens_path}")
+    line_sets = lines.LineSets.load(lines_path) if cfg.lines else None
+    if line_sets is not None:
+        progress(line_sets.describe())
     tokenizer = tokenizer_from_state(torch.load(tok_path, weights_only=True))
     dtype = storage_dtype(tokenizer.vocab_size)
     total = sum(meta["tokens"])
@@ -214,7 +231,7 @@ def prepare_dataset(
         raise CharrnnError(
             f"the training text of {corpus.describe()} is one symbol ({symbol!r}) repeated: there is nothing to learn"
         )
-    return Dataset(tokenizer, train, val, test, corpus_hash)
+    return Dataset(tokenizer, train, val, test, corpus_hash, line_sets)
 
 
 def _one_symbol(tokens: torch.Tensor) -> bool:
@@ -281,16 +298,57 @@ def _build_cache(
                         encoders[2].feed(text)
                 tokens[2] = encoders[2].finish()
         os.replace(tmp, tokens_path)
-        tok_tmp = tok_path.with_name(f"{tok_path.name}.{os.getpid()}.tmp")
-        torch.save(tokenizer.to_state(), tok_tmp)
-        os.replace(tok_tmp, tok_path)
     finally:
         tmp.unlink(missing_ok=True)
-    meta = {"version": CACHE_VERSION, "tokens": tokens, "chars": chars, "itemsize": dtype.itemsize}
+    return _commit_cache(tokenizer, tokens, chars, tok_path, meta_path)
+
+
+def _commit_cache(tokenizer: Tokenizer, tokens: list[int], chars: list[int], tok_path: Path, meta_path: Path) -> dict:
+    """Save the tokenizer, then the metadata that makes the cache entry valid; returns the metadata."""
+    tok_tmp = tok_path.with_name(f"{tok_path.name}.{os.getpid()}.tmp")
+    torch.save(tokenizer.to_state(), tok_tmp)
+    os.replace(tok_tmp, tok_path)
+    itemsize = storage_dtype(tokenizer.vocab_size).itemsize
+    meta = {"version": CACHE_VERSION, "tokens": tokens, "chars": chars, "itemsize": itemsize}
     meta_tmp = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.tmp")
     meta_tmp.write_text(json.dumps(meta))
     os.replace(meta_tmp, meta_path)
     return meta
+
+
+def _build_lines_cache(
+    corpus: Corpus,
+    cfg: TrainConfig,
+    tokens_path: Path,
+    tok_path: Path,
+    meta_path: Path,
+    lines_path: Path,
+    progress: Progress,
+) -> dict:
+    """The token cache of a --lines corpus: train, validation and test are sets of whole lines, each
+    read in its own seeded order, every line ending with its line break (see `charrnn.data.lines`)."""
+    spool = tokens_path.with_name(f"{tokens_path.name}.{os.getpid()}.lines.tmp")
+    tmp = tokens_path.with_name(f"{tokens_path.name}.{os.getpid()}.tmp")
+    try:
+        index = lines.index_lines(corpus, spool)
+        sides = lines.split_sides(index.digests, cfg.val_frac, cfg.test_frac, cfg.seed)
+        orders = [lines.side_order(sides, side, cfg.seed) for side in range(len(SPLITS))]
+        tokenizer = _tokenizer_of(lines.blocks(index, orders[0]), cfg, progress)
+        dtype = storage_dtype(tokenizer.vocab_size)
+        tokens, chars = [0, 0, 0], [0, 0, 0]
+        with open(tmp, "wb") as out:
+            for side, order in enumerate(orders):
+                encoder = _Encoder(tokenizer, out, dtype)
+                for block in lines.blocks(index, order):
+                    chars[side] += len(block)
+                    encoder.feed(block)
+                tokens[side] = encoder.finish()
+        lines.LineSets.of(index, sides).save(lines_path)
+        os.replace(tmp, tokens_path)
+    finally:
+        spool.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return _commit_cache(tokenizer, tokens, chars, tok_path, meta_path)
 
 
 def dataset_of_run(
