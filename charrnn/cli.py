@@ -463,3 +463,42 @@ def runs_(
     else:
         _console(160).print(runs_table(rows, f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {directory}"))
 
+
+@app.command()
+def viz(
+    run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
+    text_file: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="Text to explain, or - for stdin (default: the run's validation text).", show_default=False
+        ),
+    ] = None,
+    html: Annotated[
+        Optional[Path],
+        typer.Option("--html", help="Write the page here (default: RUN/explain.html).", show_default=False),
+    ] = None,
+    term: Annotated[
+        bool, typer.Option("--term", help="Print the text coloured by surprisal instead of a page.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the per-character records as JSON instead.")] = False,
+    max_chars: Annotated[int, typer.Option(help="Explain the first N characters of the text.")] = 5000,
+    encoding: Annotated[str, typer.Option(help="Encoding of TEXT_FILE.")] = "utf-8",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+) -> None:
+    """Show what each character of a text cost the model, and what its units track, on one HTML page."""
+    from charrnn.viz import check_output, default_page, explain_run, json_document, write_page
+    from charrnn.viz.term import print_term
+
+    if term and as_json:
+        raise CharrnnError("--term and --json both print to standard output: choose one")
+    page = html if html is not None or term or as_json else default_page(run)
+    if page is not None:
+        check_output(page)
+    expl = explain_run(run, text_file, max_chars=max_chars, encoding=encoding, device=device)
+    if page is not None:
+        write_page(expl, page)
+        print(f"wrote {page}: open it in a browser", file=sys.stderr if as_json else sys.stdout)
+    if term:
+        print_term(expl)
+    if as_json:
+        print(json.dumps(json_document(expl), ensure_ascii=False, allow_nan=False))
