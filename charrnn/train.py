@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ from charrnn.data.dataset import Dataset, Split, dataset_of_run, prepare_dataset
 from charrnn.devices import use_bf16
 from charrnn.distributed import Ranks
 from charrnn.errors import CharrnnError, Interrupted
-from charrnn.evaluate import evaluate
+from charrnn.evaluate import compression_baselines, evaluate
 from charrnn.model import RNNLanguageModel, State, detach_state
+from charrnn.plot import CurvesWriter
 from charrnn.rundir import RunDir
 
 DEFAULT_EPOCHS = 20  # the budget when none of --max-steps/--max-epochs/--max-time is given
@@ -178,6 +180,7 @@ class Trainer:
         # Under torchrun: cfg.batch_size streams per rank, rank r serving streams r*B .. r*B+B-1 of N*B.
         self.ranks = ranks or Ranks()
         self.report = report if self.ranks.is_main else Report()
+        self.curves = CurvesWriter(run.path, self.report.on_message)
         self.device = self.ranks.device_for(cfg.device)
         self.bf16 = use_bf16(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
@@ -391,7 +394,8 @@ class Trainer:
         self.bad_in_a_row += 1
         self.report.on_message(f"step {self.p.step + 1}: non-finite loss or gradient, update skipped")
         if self.bad_in_a_row >= NONFINITE_LIMIT:
-            kept = f"the last good checkpoint is {self.run.last}" if self.run.last.exists() else "nothing saved"
+            good = self.run.resume_from()
+            kept = f"the last good checkpoint is {good}" if good else "nothing saved"
             raise CharrnnError(
                 f"training diverged: {self.bad_in_a_row} steps in a row had a non-finite loss; try a lower --lr; {kept}"
             )
@@ -407,9 +411,13 @@ class Trainer:
         record = self._train_record(window, lr)
         if evaluate_now:
             stop_reason = self._evaluate(record, stop_reason, clock)
+        if stop_reason is not None:
+            record["stop"] = stop_reason  # why the run ended, for `charrnn runs`
         self.history.append(record)
         if self.ranks.is_main:
             self.run.append_metrics(record)
+            if evaluate_now:
+                self.curves.refresh()  # runs/NAME/curves.png; a failure is one message, never fatal
         self.report.on_log(record)
         return stop_reason
 
@@ -440,6 +448,8 @@ class Trainer:
         return stop_reason
 
     def _finish(self, stop_reason: str | None) -> TrainResult:
+        if self.ranks.is_main:  # interrupted: only when cheap, a Ctrl-C must not wait for matplotlib
+            self.curves.refresh(final=stop_reason != "interrupted")
         self.report.on_end()
         last_train = next((r["train_loss"] for r in reversed(self.history)), None)
         return TrainResult(
@@ -542,7 +552,12 @@ def train(
                     "train": asdict(cfg),
                     "corpus": info,
                     "charrnn_version": __version__,
+                    "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+                    "chars_per_token": trainer.chars_per_token,  # train loss per char = train_loss / this
                 }
+                if dataset.val is not None:  # gzip/bzip2/xz on the text validation scores, for `charrnn plot`
+                    scored = dataset.tokenizer.decode(dataset.val.tokens[: cfg.eval_tokens])
+                    config["baselines"] = compression_baselines(scored)
                 if distributed.launched():
                     config["torchrun"] = {"world_size": ranks.world, "job_id": distributed.job_id()}
                 run.write_config(config)
@@ -561,7 +576,7 @@ def _claim(run: RunDir, *, fresh: bool) -> None:
 
 def _started_by_this_job(run: RunDir) -> bool:
     """The run holds a checkpoint that an earlier attempt of this torchrun job wrote."""
-    if not run.last.is_file():
+    if run.resume_from() is None:
         return False
     try:
         launch = run.read_config().get("torchrun") or {}
@@ -632,11 +647,12 @@ def _open_last(run: RunDir) -> dict[str, Any]:
     """Lock the run and read its last checkpoint."""
     if not run.path.is_dir():
         raise CharrnnError(f"cannot resume: no run directory {run.path}")
-    if not run.last.is_file():
+    last = run.resume_from()  # last.safetensors, or a 0.1 run's last.pt
+    if last is None:
         raise CharrnnError(f"cannot resume: {run.path} has no {run.last.name} checkpoint")
     run.lock()
     try:
-        return load_checkpoint(run.last)
+        return load_checkpoint(last)
     except CharrnnError:
         run.unlock()
         raise
