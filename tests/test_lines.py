@@ -7,6 +7,8 @@ tiny run per module, trained with `charrnn.train(lines=True)` on a list of names
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -158,6 +160,24 @@ def test_a_line_longer_than_the_cache_chunk_is_refused_naming_it(tmp_path: Path)
     assert _prepare(exact, tmp_path / "cache", val_frac=0.0).lines.longest == MAX_LINE_CHARS
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("\n \n\n", "blank.txt holds no line with text: --lines takes one example per line"),
+        ("Anna\n" + "x" * (MAX_LINE_CHARS + 2), "blank.txt: line 2 is longer than 1,048,576 characters"),
+    ],
+    ids=["blank-lines", "a-line-too-long"],
+)
+def test_charrnn_train_refuses_a_bad_lines_corpus_in_one_line_leaving_nothing(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    _write(tmp_path / "blank.txt", text)
+    done = run_charrnn("train", "blank.txt", "--lines", "--run", "runs/x", "--quiet", cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith(f"charrnn: error: {message}")
+    assert done.stderr.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_validation_file_is_refused_with_lines(tmp_path: Path) -> None:
     corpus = find_corpus([str(_write(tmp_path / "n.txt", "Anna\nBruno\n"))])
     with pytest.raises(CharrnnError, match="use --val-frac, not --val-file"):
@@ -257,11 +277,10 @@ def lines_run(names_file: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sides(lines_run: Path, names_file: Path) -> dict[str, set[str]]:
-    """The run's training and validation lines, from its token cache."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CHARRNN_CACHE_DIR", str(names_file.parent / "cache"))
-        dataset = _prepare(names_file, names_file.parent / "cache", val_frac=0.2)
+def sides(names_file: Path) -> dict[str, set[str]]:
+    """The run's training and validation lines: its split made again (it depends on the lines and
+    the seed, not on the tokenizer)."""
+    dataset = _prepare(names_file, names_file.parent / "sides-cache", val_frac=0.2)
     return {"train": set(_lines(dataset, "train")), "val": set(_lines(dataset, "val"))}
 
 
@@ -361,3 +380,14 @@ def test_novel_without_the_line_hashes_is_refused_and_plain_sampling_says_unknow
     with pytest.raises(CharrnnError, match=f"{LINES_FILE} is missing"):
         model.examples(2, novel=True)
     assert "unknown" in model.examples(2, seed=1).summary()
+
+
+def test_sampling_examples_on_the_cpu_never_imports_torch(lines_run: Path) -> None:
+    code = (
+        "import sys, charrnn\n"
+        f"made = charrnn.load({str(lines_run)!r}, 'cpu').examples(3, novel=True, seed=1)\n"
+        "print(len(made.texts), 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "False"]

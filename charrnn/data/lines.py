@@ -22,7 +22,7 @@ import zipfile
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -161,9 +161,9 @@ def blocks(index: LineIndex, order: np.ndarray) -> Iterator[str]:
 class LineSets:
     """The distinct lines of each side, as sorted uint64 digests, and what the corpus held."""
 
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
+    train: np.ndarray = field(repr=False)
+    val: np.ndarray = field(repr=False)
+    test: np.ndarray = field(repr=False)
     lines: tuple[int, int, int]  # lines on each side, repeats counted
     longest: int  # characters in the corpus's longest line
     blank: int  # blank lines left out
