@@ -214,7 +214,9 @@ def score(
 ) -> None:
     """Bits per character of each line of a text, and its most surprising character: find the odd lines.
 
-    One stateful pass, as eval makes it: the lines' bits add up to eval's. See docs/scoring.md.
+    One stateful pass, as eval makes it: lines are scored in context, the state carried, and their
+    bits add up to eval's. Lines and columns count from 1; a line break belongs to the line it
+    ends. See docs/scoring.md.
     """
     from charrnn.line_scores import score_file, scores_table
 
