@@ -174,7 +174,11 @@ def test_records_come_out_as_the_text_comes_in(model: charrnn.Model, monkeypatch
 # --- independent lines --------------------------------------------------------------------------
 
 
-def test_an_independent_line_is_scored_as_if_it_followed_a_line_break_at_the_start(model: charrnn.Model) -> None:
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
+def test_an_independent_line_is_scored_as_if_it_followed_a_line_break_at_the_start(
+    runs: dict[str, Path], kind: str
+) -> None:
+    model = charrnn.load(runs[kind], device="cpu")
     records = score_lines(model, TEXT, independent=True)
     for record, line in zip(records, LINES):
         alone = score_lines(model, "\n" + line)[1]  # line 2 of "\n" + line: after one break, from a zero state
