@@ -21,7 +21,7 @@ import mmap
 import zipfile
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,9 +184,6 @@ class LineSets:
             if at < len(digests) and digests[at] == value:
                 return name
         return NEW
-
-    def flags(self, texts: Iterable[str]) -> list[str]:
-        return [self.flag(text) for text in texts]
 
     def describe(self) -> str:
         train, val, test = self.lines
