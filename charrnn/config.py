@@ -87,10 +87,16 @@ class TrainConfig:
     # evaluation, early stopping, logging
     eval_interval: int = 200  # steps between validation passes
     eval_tokens: int | None = 1_000_000  # validation tokens scored during training (None: all)
-    eval_streams: int = 1  # validation pieces scored side by side (1: exact); torchrun ranks share them
+    # validation pieces scored side by side during training (None: as many as the batch has streams,
+    # over all torchrun ranks, who share them; 1: exact); the final evaluation is always exact
+    eval_streams: int | None = None
     patience: int | None = None  # validation passes without improvement before stopping
     log_interval: int = 20  # steps between progress updates and metrics lines
     save_interval: int | None = None  # steps between saves of `last` (default: every evaluation)
+    # samples while training (charrnn/train_samples.py): every sample_every evaluations (0: never)
+    sample_every: int = 1
+    sample_length: int = 200  # characters per sample (a --lines run: at most, per example)
+    sample_prime: str = ""  # the text samples start from ("": a line break)
     # reproducibility and hardware
     seed: int = 1337
     device: str = "auto"
@@ -125,10 +131,19 @@ class TrainConfig:
         )
         _check(self.eval_interval >= 1, "--eval-interval must be at least 1")
         _check(self.eval_tokens is None or self.eval_tokens >= 2, "--eval-tokens must be at least 2")
-        _check(1 <= self.eval_streams <= MAX_WIDTH, f"--eval-streams must be 1..{MAX_WIDTH}, got {self.eval_streams}")
+        _check(
+            self.eval_streams is None or 1 <= self.eval_streams <= MAX_WIDTH,
+            f"--eval-streams must be 1..{MAX_WIDTH}, got {self.eval_streams}",
+        )
         _check(self.patience is None or self.patience >= 1, "--patience must be at least 1")
         _check(self.log_interval >= 1, "--log-interval must be at least 1")
         _check(self.save_interval is None or self.save_interval >= 1, "--save-interval must be at least 1")
+        _check(self.sample_every >= 0, "--sample-every must be >= 0 (0 turns samples off)")
+        _check(1 <= self.sample_length <= 100_000, f"--sample-length must be in 1..100000, got {self.sample_length}")
+        _check(
+            not (self.lines and "\n" in self.sample_prime),
+            "--sample-prime must not hold a line break with --lines: it starts one example",
+        )
         _check(0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}")
         _check(
             self.precision in PRECISIONS, f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"

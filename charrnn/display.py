@@ -2,20 +2,26 @@
 
 Rich draws everything (one progress library for every command); when standard
 output is not a terminal (CI logs, pipes) progress degrades to one plain line
-per update, at most one every few seconds plus every evaluation.
+per update, at most one every few seconds plus every evaluation. A sample drawn while training
+shows under the progress bar (replaced by the next), or as an indented block in logs.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from charrnn.train import Report, TrainResult
+from charrnn.train_samples import TrainSample
 
 # Logs and pipes get a wide fixed width, so tables are not cut to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -44,13 +50,35 @@ def _status(record: dict[str, Any], last_val: float | None) -> str:
     return f"loss {record['train_loss']:.4f} | val {val} | {record['chars_per_sec']:,.0f} chars/s"
 
 
+def printable(text: str) -> str:
+    """`text` with its control characters other than line breaks and tabs shown as U+FFFD, so that
+    a model's output cannot move a terminal's cursor or change its colours."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else "\ufffd" for c in text)
+
+
+def _sample_title(sample: TrainSample) -> str:
+    val = f", val {sample.val_loss:.4f}" if sample.val_loss is not None else ""
+    return f"sample at step {sample.step:,}{val}, temperature {sample.temperature:g}"
+
+
+class _TrainProgress(Progress):
+    """The progress bar with the latest sample under it."""
+
+    sample: RenderableType | None = None
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield from super().get_renderables()
+        if self.sample is not None:
+            yield self.sample
+
+
 def train_report(*, quiet: bool = False) -> Report:
     """A Report that draws a progress bar (terminal) or prints plain lines (anything else)."""
     state: dict[str, Any] = {"info": {}, "last_val": None, "printed": 0.0}
     if quiet:
         return Report()
     live = sys.stdout.isatty()
-    progress = Progress(
+    progress = _TrainProgress(
         TextColumn("[bold]train"),
         BarColumn(),
         TextColumn("step {task.fields[step]}"),
@@ -98,11 +126,20 @@ def train_report(*, quiet: bool = False) -> Report:
     def on_message(text: str) -> None:
         (progress.console if live and progress.live.is_started else console).print(f"[dim]{text}[/dim]")
 
+    def on_sample(sample: TrainSample) -> None:
+        text = printable(sample.text)
+        if live:
+            progress.sample = Panel(Text(text), title=_sample_title(sample), title_align="left", border_style="dim")
+            progress.refresh()
+        else:
+            block = "\n".join("  | " + line for line in text.split("\n"))
+            print(f"{_sample_title(sample)}:\n{block}", flush=True)
+
     def on_end() -> None:
         if live:
             progress.stop()
 
-    return Report(on_start, on_log, on_message, on_end)
+    return Report(on_start, on_log, on_message, on_end, on_sample=on_sample)
 
 
 def train_summary(result: TrainResult) -> Table:

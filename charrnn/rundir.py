@@ -5,6 +5,7 @@ runs/NAME/
   last.safetensors  latest state, with everything `--resume` needs
   config.json       the resolved model and training config, and the corpus it read
   metrics.jsonl     one JSON object a line: step, time, train loss, val loss, lr, chars/s
+  samples.jsonl     one JSON object a line: a sample drawn at an evaluation (charrnn/train_samples.py)
   lines.npz         a --lines run only: the hashes of its training, validation and test lines
   .lock             held (flock) by the `charrnn train` writing here
 
@@ -36,6 +37,7 @@ class RunDir:
         self.legacy_last = path / LEGACY_LAST
         self.config = path / "config.json"
         self.metrics = path / "metrics.jsonl"
+        self.samples = path / "samples.jsonl"
         self.lines = path / LINES_FILE  # a --lines run's line hashes (charrnn.data.lines.LineSets)
         self._lock_fd: int | None = None
         self._made: list[Path] = []  # directories create() made, deepest first
@@ -90,7 +92,7 @@ class RunDir:
         if not self.has_checkpoint():
             leftovers = [self.path / ".lock"] if self._made_lock else []
             if self._made:
-                leftovers += [self.config, self.metrics, self.lines, *self.path.glob(".*.tmp")]
+                leftovers += [self.config, self.metrics, self.samples, self.lines, *self.path.glob(".*.tmp")]
             for path in leftovers:
                 path.unlink(missing_ok=True)
             for directory in self._made:
@@ -112,30 +114,16 @@ class RunDir:
             raise CharrnnError(f"cannot read {self.config}: {exc}") from None
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        try:
-            with open(self.metrics, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-        except OSError as exc:  # a line cut short is dropped by the next resume (trim_metrics)
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise CharrnnError(f"could not append to {self.metrics}: {reason}") from None
+        _append(self.metrics, record)
+
+    def append_sample(self, record: dict[str, Any]) -> None:
+        _append(self.samples, record)
 
     def trim_metrics(self, up_to_step: int) -> None:
-        """Keep complete records up to `up_to_step` (those after the resumed checkpoint are replayed)."""
-        if not self.metrics.exists():
-            return
-        kept = []
-        for line in self.metrics.read_text().splitlines(keepends=True):
-            if not line.endswith("\n"):
-                break  # a record cut short by a kill
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break
-            if record.get("step", 0) > up_to_step:
-                break
-            kept.append(line)
-        text = "".join(kept)
-        atomic_write(self.metrics, lambda handle: handle.write(text.encode()))
+        """Keep the complete records of metrics.jsonl and samples.jsonl up to `up_to_step` (those
+        after the resumed checkpoint are replayed)."""
+        for path in (self.metrics, self.samples):
+            _trim(path, up_to_step)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.exists():
@@ -147,3 +135,31 @@ class RunDir:
             except ValueError:
                 break
         return records
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    try:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except OSError as exc:  # a line cut short is dropped by the next resume (trim_metrics)
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise CharrnnError(f"could not append to {path}: {reason}") from None
+
+
+def _trim(path: Path, up_to_step: int) -> None:
+    """Rewrite the JSON-lines log `path` with its complete records up to `up_to_step`."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break  # a record cut short by a kill
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break
+        if record.get("step", 0) > up_to_step:
+            break
+        kept.append(line)
+    text = "".join(kept)
+    atomic_write(path, lambda handle: handle.write(text.encode()))

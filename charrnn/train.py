@@ -37,6 +37,7 @@ from charrnn.evaluate import compression_baselines, evaluate
 from charrnn.model import RNNLanguageModel, State, detach_state
 from charrnn.plot import CurvesWriter
 from charrnn.rundir import RunDir
+from charrnn.train_samples import TrainSample, TrainSampler
 
 DEFAULT_EPOCHS = 20  # the budget when none of --max-steps/--max-epochs/--max-time is given
 NONFINITE_LIMIT = 5  # consecutive skipped steps before giving up
@@ -50,6 +51,7 @@ class Report:
     on_log: Callable[[dict[str, Any]], None] = lambda record: None
     on_message: Callable[[str], None] = lambda text: None
     on_end: Callable[[], None] = lambda: None
+    on_sample: Callable[[TrainSample], None] = lambda sample: None  # after an evaluation (train_samples.py)
 
 
 @dataclass
@@ -206,6 +208,7 @@ class Trainer:
         self.tokens_per_step = self.batcher.batch_size * self.batcher.seq_len * self.ranks.world
         self.bad_in_a_row = 0  # updates skipped in a row (see `_skip_update`)
         self.chars_per_token = dataset.train.num_chars / max(1, dataset.train.num_tokens)
+        self.sampler = TrainSampler(cfg, model_cfg, dataset.tokenizer, self.report.on_message)
 
     # ----- budget -----
     def total_steps(self) -> int | None:
@@ -296,7 +299,9 @@ class Trainer:
         return int(first.shape[1])
 
     # ----- the loop -----
-    def validate(self) -> float | None:
+    def validate(self, *, exact: bool = False) -> float | None:
+        """The validation loss (nats per character): `exact` (the final evaluation) in one stream, else
+        in cfg.eval_streams pieces side by side, by default as many as the batch has streams."""
         if self.data.val is None:
             return None
         val = self.data.val
@@ -306,10 +311,13 @@ class Trainer:
             val = Split(val.tokens[: self.cfg.eval_tokens], max(2, round(val.num_chars * share)))
         # Under torchrun the pieces are shared among the ranks and their sums added up: the number
         # is the one a single process gets with the same eval_streams, and every rank has it.
-        result = evaluate(
-            self.model, val, self.data.tokenizer, streams=self.cfg.eval_streams, autocast=self.bf16, ranks=self.ranks
-        )
+        streams = 1 if exact else self.eval_streams()
+        result = evaluate(self.model, val, self.data.tokenizer, streams=streams, autocast=self.bf16, ranks=self.ranks)
         return result.nats_per_char
+
+    def eval_streams(self) -> int:
+        """Validation pieces during training: cfg.eval_streams, or the streams of all ranks' batches."""
+        return self.cfg.eval_streams or self.batcher.batch_size * self.ranks.world
 
     def fit(self, stop: _StopFlag | None = None) -> TrainResult:
         """Update until the budget is spent, patience runs out or a signal asks to stop, writing a
@@ -405,7 +413,8 @@ class Trainer:
     def _log(self, window: _Window, lr: float, stop_reason: str | None, clock: float) -> str | None:
         """At a logging or evaluation step (every evaluation interval, and at the end unless
         interrupted), write the metrics record; returns the stop reason, which patience may set."""
-        evaluate_now = self.p.step % self.cfg.eval_interval == 0 or stop_reason not in (None, "interrupted")
+        final = stop_reason not in (None, "interrupted")  # the final evaluation: exact, always sampled
+        evaluate_now = self.p.step % self.cfg.eval_interval == 0 or final
         if not (self.p.step % self.cfg.log_interval == 0 or evaluate_now):
             return stop_reason
         record = self._train_record(window, lr)
@@ -419,6 +428,10 @@ class Trainer:
             if evaluate_now:
                 self.curves.refresh()  # runs/NAME/curves.png; a failure is one message, never fatal
         self.report.on_log(record)
+        if evaluate_now and self.ranks.is_main and self.sampler.due(self.p.step, final):
+            sample = self.sampler.draw(self.model, self.p.step, record["time"], record["val_loss"])
+            self.run.append_sample(sample.record())
+            self.report.on_sample(sample)
         return stop_reason
 
     def _train_record(self, window: _Window, lr: float) -> dict[str, Any]:
@@ -436,8 +449,9 @@ class Trainer:
         return record
 
     def _evaluate(self, record: dict[str, Any], stop_reason: str | None, clock: float) -> str | None:
-        """Score the validation split into `record`, keep the best weights, and count patience."""
-        self.p.last_val = self.validate()
+        """Score the validation split into `record`, keep the best weights, and count patience. The
+        final evaluation (the budget is spent, `stop_reason` says so) is exact."""
+        self.p.last_val = self.validate(exact=stop_reason not in (None, "interrupted"))
         record["val_loss"] = self.p.last_val
         self._early_stopping_and_best()
         patience = self.cfg.patience
@@ -564,6 +578,7 @@ def train(
                 if dataset.lines is not None:  # each side's line hashes: `sample` tells new lines from copies
                     dataset.lines.save(run.lines)
                 run.metrics.unlink(missing_ok=True)
+                run.samples.unlink(missing_ok=True)
             return _fit(trainer, handle_signals)
         finally:
             run.unlock()
