@@ -77,6 +77,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     *_panel(MODEL,
         Option("preset", str, "auto", None, "Defaults for the options marked [preset]: auto (gpu on CUDA, else cpu), cpu or gpu."),
+        Option("init_from", Path, None, None, "Fine-tune: start from this run's best (or this checkpoint's) weights, tokenizer and architecture; a char vocabulary gains CORPUS's new characters."),
         Option("cell", str, None, "model.cell", "lstm, gru or rnn.", preset=True),
         Option("layers", int, None, "model.num_layers", "Stacked RNN layers.", preset=True),
         Option("hidden", int, None, "model.hidden_size", "Hidden units per layer.", preset=True),

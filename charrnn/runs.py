@@ -103,7 +103,10 @@ def train(
     then only the options that a resume applies may be given (see `charrnn.options`).
     `progress=True` shows what `charrnn train` shows (or pass a `charrnn.train.Report`);
     `handle_signals=True` makes the first Ctrl-C or SIGTERM save and stop, as the command does.
+    `init_from=` (a path or a `Run`) fine-tunes another model on `corpus` (docs/finetuning.md).
     """
+    if isinstance(options.get("init_from"), Run):
+        options["init_from"] = options["init_from"].path
     given = table.check_options(options)
     if "config" in given:
         from_file = table.read_config(given.pop("config"))
@@ -112,6 +115,8 @@ def train(
         run = run if run is not None else file_run
         given = {**from_file, **given}
     values = {**{name: table.BY_NAME[name].default for name in table.KEYWORDS if name != "config"}, **given}
+    if resume is not False and values["init_from"] is not None:
+        raise CharrnnError("--init-from starts a new run and --resume continues one: give only one of them")
     if values["nproc"] is not None:
         return _under_torchrun(corpus, run, resume, given, quiet=not progress or values["quiet"])
     report = _report(progress, values["quiet"])
@@ -119,7 +124,7 @@ def train(
         path, result = _continue(corpus, run, resume, given, report, handle_signals)
     else:
         path = Path(run) if run is not None else None
-        path, result = _start(_sources(corpus), path, values, report, handle_signals)
+        path, result = _start(_sources(corpus), path, values, given, report, handle_signals)
     return Run(path, summary=result, options=values)
 
 
@@ -169,17 +174,37 @@ def _configs(values: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
 
 
 def _start(
-    sources: list[str], run: Path | None, values: dict[str, Any], report: Report, handle_signals: bool
+    sources: list[str],
+    run: Path | None,
+    values: dict[str, Any],
+    given: dict[str, Any],
+    report: Report,
+    handle_signals: bool,
 ) -> tuple[Path, TrainResult]:
     from charrnn.data.corpus import find_corpus
     from charrnn.train import train as train_new
 
     model_settings, cfg = _configs(values)
+    source = None
+    if values["init_from"] is not None:  # a fine-tune: the source's architecture and tokenizer
+        from charrnn import finetune
+
+        source = finetune.open_source(values["init_from"])
+        model_settings, cfg = finetune.configs(source, given, model_settings, cfg)
     found = find_corpus(sources, pattern=values["glob"], encoding=values["encoding"])
     val_corpus = find_corpus(values["val_file"], encoding=values["encoding"]) if values["val_file"] else None
     path = run if run is not None else _default_run(sources)
+    if source is not None and path.resolve() == source.run_dir:
+        raise CharrnnError(f"--run {path} is the run --init-from reads, which is never written to: choose another")
     result = train_new(
-        found, model_settings, cfg, path, val_corpus=val_corpus, report=report, handle_signals=handle_signals
+        found,
+        model_settings,
+        cfg,
+        path,
+        val_corpus=val_corpus,
+        report=report,
+        handle_signals=handle_signals,
+        init_from=source,
     )
     return path, result
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,6 +38,9 @@ from charrnn.model import RNNLanguageModel, State, detach_state
 from charrnn.plot import CurvesWriter
 from charrnn.rundir import RunDir
 from charrnn.train_samples import TrainSample, TrainSampler
+
+if TYPE_CHECKING:
+    from charrnn.finetune import Source, Start
 
 DEFAULT_EPOCHS = 20  # the budget when none of --max-steps/--max-epochs/--max-time is given
 NONFINITE_LIMIT = 5  # consecutive skipped steps before giving up
@@ -176,9 +179,11 @@ class Trainer:
         *,
         ranks: Ranks | None = None,
         budget_from: float | None = None,
+        start: Start | None = None,
     ) -> None:
         self.run, self.data, self.model_cfg, self.cfg = run, dataset, model_cfg, cfg
         self.corpus_info = corpus_info
+        self.origin = start.origin if start else None  # where a fine-tune started, kept in its checkpoints
         # Under torchrun: cfg.batch_size streams per rank, rank r serving streams r*B .. r*B+B-1 of N*B.
         self.ranks = ranks or Ranks()
         self.report = report if self.ranks.is_main else Report()
@@ -187,7 +192,10 @@ class Trainer:
         self.bf16 = use_bf16(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.model = RNNLanguageModel(model_cfg)
-        self.model.init_output_bias(token_counts(dataset.train.tokens, model_cfg.vocab_size))
+        if start is None:
+            self.model.init_output_bias(token_counts(dataset.train.tokens, model_cfg.vocab_size))
+        else:
+            self.model.load_state_dict(start.weights)  # --init-from: another model's (charrnn.finetune)
         self.model.to(self.device)
         self.net = self.ranks.wrap(self.model, self.device)  # forward/backward only; DDP averages gradients
         self.ranks.seed_dropout(cfg.seed)
@@ -249,6 +257,8 @@ class Trainer:
             "corpus": self.corpus_info,
             "metrics": {"step": self.p.step, "val_loss": self.p.last_val, "best_val_loss": self.p.best_val},
         }
+        if self.origin is not None:
+            payload["init_from"] = self.origin
         if with_train_state:
             # Under torchrun every rank must call this (it gathers): the hidden state of all N*B
             # streams in global order and every rank's generators, so a resume can re-shard them.
@@ -280,6 +290,7 @@ class Trainer:
             raise CharrnnError(f"{self.run.last} has no training state to resume from")
         try:
             self.model.load_state_dict(payload["model"])
+            self.origin = payload.get("init_from")  # a fine-tune's record of its source
             self.optimizer.load_state_dict(state["optimizer"])
             self.p = _Progress(**state["progress"])
             hidden = self.ranks.shard_streams(state["hidden"])  # this rank's streams of all N*B
@@ -527,8 +538,10 @@ def train(
     handle_signals: bool = False,
     cache_dir: Path | None = None,
     budget_from: float | None = None,
+    init_from: Source | None = None,
 ) -> TrainResult:
-    """Train a new model on `corpus` into the run directory `run_path`.
+    """Train a new model on `corpus` into the run directory `run_path`; with `init_from`, start
+    from that model's weights and tokenizer (`model_settings` then hold its architecture).
 
     Under torchrun every rank calls this with the same arguments; cfg.batch_size is per rank.
     Only rank 0 touches the run directory. A worker that torchrun restarts (--max-restarts)
@@ -548,10 +561,11 @@ def train(
             report = Report()
         ranks.together(lambda: _claim(run, fresh=True) if ranks.is_main else None)
         try:
+            base = init_from.tokenizer if init_from else None  # a fine-tune's vocabulary grows from its source's
             dataset = _prepare_in_turn(
                 ranks,
                 lambda: prepare_dataset(
-                    corpus, cfg, val_corpus=val_corpus, cache_dir=cache_dir, progress=report.on_message
+                    corpus, cfg, val_corpus=val_corpus, cache_dir=cache_dir, progress=report.on_message, base=base
                 ),
             )
             batch = _fit_per_rank(dataset, cfg, ranks, report)
@@ -559,7 +573,10 @@ def train(
                 cfg = from_dict(TrainConfig, {**asdict(cfg), "batch_size": batch})
             model_cfg = ModelConfig(vocab_size=dataset.tokenizer.vocab_size, **model_settings)
             info = _corpus_info(corpus, val_corpus, dataset)
-            trainer = Trainer(run, dataset, model_cfg, cfg, info, report, ranks=ranks, budget_from=budget_from)
+            start = init_from.begin(dataset, report.on_message) if init_from else None
+            trainer = Trainer(
+                run, dataset, model_cfg, cfg, info, report, ranks=ranks, budget_from=budget_from, start=start
+            )
             if ranks.is_main:
                 config = {
                     "model": asdict(model_cfg),
@@ -572,6 +589,8 @@ def train(
                 if dataset.val is not None:  # gzip/bzip2/xz on the text validation scores, for `charrnn plot`
                     scored = dataset.tokenizer.decode(dataset.val.tokens[: cfg.eval_tokens])
                     config["baselines"] = compression_baselines(scored)
+                if start is not None:
+                    config["init_from"] = start.origin  # the source's path, content hash and step
                 if distributed.launched():
                     config["torchrun"] = {"world_size": ranks.world, "job_id": distributed.job_id()}
                 run.write_config(config)

@@ -6,6 +6,8 @@ flat file of compact ids (uint8/int16/int32) that later runs memory-map. A `Spli
 tensor, a view of that map, with the number of characters it encodes. `dataset_of_run` rebuilds
 a run's dataset from its checkpoint, for `--resume` and `charrnn eval RUN`. With `--lines` the
 splits are sets of whole lines instead, each side shuffled by the seed (see `charrnn.data.lines`).
+A run started `--init-from` another model builds on that model's tokenizer, its `base`: a char
+vocabulary grows by the new training text's characters, the other kinds are kept as they are.
 """
 
 from __future__ import annotations
@@ -20,12 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 
 from charrnn.config import TrainConfig
 from charrnn.data import lines
 from charrnn.data.corpus import Corpus, find_corpus
-from charrnn.data.tokenizers import CharVocabCounter, Tokenizer, tokenizer_from_state, train_tokenizer
+from charrnn.data.tokenizers import (
+    CharTokenizer,
+    CharVocabCounter,
+    Tokenizer,
+    tokenizer_from_state,
+    train_tokenizer,
+)
 from charrnn.errors import CharrnnError
 
 CACHE_VERSION = 1
@@ -122,14 +131,24 @@ def _regions(corpus: Corpus, bounds: list[int]) -> Iterator[tuple[int, str]]:
         position += len(chunk)
 
 
-def _build_tokenizer(corpus: Corpus, train_end: int, cfg: TrainConfig, progress: Progress) -> Tokenizer:
-    return _tokenizer_of((text for region, text in _regions(corpus, [train_end]) if region == 0), cfg, progress)
+def _build_tokenizer(
+    corpus: Corpus, train_end: int, cfg: TrainConfig, progress: Progress, base: Tokenizer | None
+) -> Tokenizer:
+    train_text = (text for region, text in _regions(corpus, [train_end]) if region == 0)
+    return _tokenizer_of(train_text, cfg, progress, base)
 
 
-def _tokenizer_of(train_text: Iterable[str], cfg: TrainConfig, progress: Progress) -> Tokenizer:
-    """The tokenizer `cfg` asks for, built on the training text (pieces of it, read once)."""
+def _tokenizer_of(
+    train_text: Iterable[str], cfg: TrainConfig, progress: Progress, base: Tokenizer | None = None
+) -> Tokenizer:
+    """The tokenizer `cfg` asks for, built on the training text (pieces of it, read once); with a
+    `base`, that tokenizer: a char vocabulary with the training text's characters added."""
+    if base is not None and not isinstance(base, CharTokenizer):
+        return base  # byte and SentencePiece tokenizers know every text already
     if cfg.tokenizer == "char":
         counter = CharVocabCounter()
+        if base is not None:
+            counter.update(base.chars)
         for text in train_text:
             counter.update(text)
         return counter.build()
@@ -166,7 +185,7 @@ class _Encoder:
             self.tokens += ids.numel()
 
 
-def _cache_key(corpus_hash: str, val_hash: str | None, cfg: TrainConfig) -> str:
+def _cache_key(corpus_hash: str, val_hash: str | None, cfg: TrainConfig, base: Tokenizer | None = None) -> str:
     spec = {
         "version": CACHE_VERSION,
         "corpus": corpus_hash,
@@ -178,7 +197,20 @@ def _cache_key(corpus_hash: str, val_hash: str | None, cfg: TrainConfig) -> str:
     }
     if cfg.lines:  # the split and the order of the lines come from the seed
         spec["lines"] = {"seed": cfg.seed}
+    if base is not None:  # the vocabulary grows from (or is) the tokenizer of --init-from
+        spec["base"] = _tokenizer_digest(base)
     return hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def _tokenizer_digest(tokenizer: Tokenizer) -> str:
+    state = tokenizer.to_state()
+    model = state.get("model")  # a SentencePiece model's bytes, as a uint8 tensor
+    parts = [state["kind"], state.get("chars", ""), numpy.asarray(model).tobytes() if model is not None else b""]
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()
 
 
 def prepare_dataset(
@@ -188,13 +220,15 @@ def prepare_dataset(
     val_corpus: Corpus | None = None,
     cache_dir: Path | None = None,
     progress: Progress = lambda message: None,
+    base: Tokenizer | None = None,
 ) -> Dataset:
-    """Split, tokenize and cache `corpus` (see the module docstring); returns memory-mapped splits."""
+    """Split, tokenize and cache `corpus` (see the module docstring); returns memory-mapped splits.
+    `base` is the tokenizer of the model a fine-tune starts from (see the module docstring)."""
     if cfg.lines and val_corpus is not None:
         raise CharrnnError("--lines holds out whole lines of the corpus itself: use --val-frac, not --val-file")
     corpus_hash = corpus.content_hash()
     val_hash = val_corpus.content_hash() if val_corpus else None
-    key = _cache_key(corpus_hash, val_hash, cfg)
+    key = _cache_key(corpus_hash, val_hash, cfg, base)
     directory = _writable_cache_dir(cache_dir)
     meta_path, tokens_path, tok_path = (directory / f"{key}.{ext}" for ext in ("json", "bin", "tok.pt"))
     lines_path = directory / f"{key}.{lines.LINES_FILE}"
@@ -202,9 +236,9 @@ def prepare_dataset(
     if meta is None or (cfg.lines and not lines_path.is_file()):
         progress(f"tokenizing {corpus.describe()} into the cache at {directory}")
         if cfg.lines:
-            meta = _build_lines_cache(corpus, cfg, tokens_path, tok_path, meta_path, lines_path, progress)
+            meta = _build_lines_cache(corpus, cfg, tokens_path, tok_path, meta_path, lines_path, progress, base)
         else:
-            meta = _build_cache(corpus, val_corpus, cfg, tokens_path, tok_path, meta_path, progress)
+            meta = _build_cache(corpus, val_corpus, cfg, tokens_path, tok_path, meta_path, progress, base)
     else:
         progress(f"token cache hit: {tokens_path}")
     line_sets = lines.LineSets.load(lines_path) if cfg.lines else None
@@ -260,12 +294,13 @@ def _build_cache(
     tok_path: Path,
     meta_path: Path,
     progress: Progress,
+    base: Tokenizer | None,
 ) -> dict:
     num_chars = sum(len(chunk) for chunk in corpus.chunks())
     if num_chars == 0:
         raise CharrnnError(f"{corpus.describe()} is empty")
     train_end, val_end = split_bounds(num_chars, cfg, separate_val=val_corpus is not None)
-    tokenizer = _build_tokenizer(corpus, train_end, cfg, progress)
+    tokenizer = _build_tokenizer(corpus, train_end, cfg, progress, base)
     dtype = storage_dtype(tokenizer.vocab_size)
     chars = [train_end, val_end - train_end, num_chars - val_end]
     tokens = [0, 0, 0]
@@ -324,6 +359,7 @@ def _build_lines_cache(
     meta_path: Path,
     lines_path: Path,
     progress: Progress,
+    base: Tokenizer | None,
 ) -> dict:
     """The token cache of a --lines corpus: train, validation and test are sets of whole lines, each
     read in its own seeded order, every line ending with its line break (see `charrnn.data.lines`)."""
@@ -333,7 +369,7 @@ def _build_lines_cache(
         index = lines.index_lines(corpus, spool)
         sides = lines.split_sides(index.digests, cfg.val_frac, cfg.test_frac, cfg.seed)
         orders = [lines.side_order(sides, side, cfg.seed) for side in range(len(SPLITS))]
-        tokenizer = _tokenizer_of(lines.blocks(index, orders[0]), cfg, progress)
+        tokenizer = _tokenizer_of(lines.blocks(index, orders[0]), cfg, progress, base)
         dtype = storage_dtype(tokenizer.vocab_size)
         tokens, chars = [0, 0, 0], [0, 0, 0]
         with open(tmp, "wb") as out:
@@ -376,7 +412,8 @@ def dataset_of_run(
         raise CharrnnError("the checkpoint does not record its corpus") from None
     except CharrnnError as exc:
         raise CharrnnError(f"the run's corpus is gone ({exc})") from None
-    dataset = prepare_dataset(corpus, cfg, val_corpus=val_corpus, cache_dir=cache_dir, progress=progress)
+    base = base_of_run(payload)
+    dataset = prepare_dataset(corpus, cfg, val_corpus=val_corpus, cache_dir=cache_dir, progress=progress, base=base)
     if dataset.corpus_hash != info.get("hash"):
         raise CharrnnError("the corpus changed since the run started (its content hash differs)")
     saved_kind = (payload.get("tokenizer") or {}).get("kind")
@@ -384,6 +421,23 @@ def dataset_of_run(
     if dataset.tokenizer.to_state().get("kind") != saved_kind or dataset.tokenizer.vocab_size != saved_vocab:
         raise CharrnnError("the tokenizer differs from the one the run was trained with")
     return dataset
+
+
+def base_of_run(payload: dict[str, Any]) -> Tokenizer | None:
+    """The tokenizer a run started `--init-from` built on (None for a run that started afresh): its
+    own, less the characters it added (`init_from.added_chars`), so its vocabulary is rebuilt
+    the same way and its token cache entry is found again."""
+    origin = payload.get("init_from")
+    if not isinstance(origin, dict):
+        return None
+    tokenizer = tokenizer_from_state(payload.get("tokenizer"))
+    if not isinstance(tokenizer, CharTokenizer):
+        return tokenizer
+    added = origin.get("added_chars") or ""
+    if not isinstance(added, str):
+        raise CharrnnError("the checkpoint's init_from record is malformed (added_chars is not a string)")
+    added_set = set(added)
+    return CharTokenizer("".join(c for c in tokenizer.chars if c not in added_set))
 
 
 def encode_text(tokenizer: Tokenizer, text: str) -> Split:
