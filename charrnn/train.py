@@ -424,7 +424,7 @@ class Trainer:
     def _log(self, window: _Window, lr: float, stop_reason: str | None, clock: float) -> str | None:
         """At a logging or evaluation step (every evaluation interval, and at the end unless
         interrupted), write the metrics record; returns the stop reason, which patience may set."""
-        final = stop_reason not in (None, "interrupted")  # the final evaluation: exact, always sampled
+        final = stop_reason not in (None, "interrupted")  # the budget is spent: the final evaluation
         evaluate_now = self.p.step % self.cfg.eval_interval == 0 or final
         if not (self.p.step % self.cfg.log_interval == 0 or evaluate_now):
             return stop_reason
@@ -439,7 +439,7 @@ class Trainer:
             if evaluate_now:
                 self.curves.refresh()  # runs/NAME/curves.png; a failure is one message, never fatal
         self.report.on_log(record)
-        if evaluate_now and self.ranks.is_main and self.sampler.due(self.p.step, final):
+        if evaluate_now and self.ranks.is_main and self.sampler.due(self.p.step, final=stop_reason is not None):
             sample = self.sampler.draw(self.model, self.p.step, record["time"], record["val_loss"])
             self.run.append_sample(sample.record())
             self.report.on_sample(sample)

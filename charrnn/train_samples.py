@@ -70,8 +70,8 @@ class TrainSampler:
             if unknown:
                 on_message(f"--sample-prime: {unknown} character(s) not in the vocabulary are read as <unk>")
 
-    def due(self, step: int, final: bool) -> bool:
-        """Whether the evaluation at `step` (the final one when `final`) is followed by a sample."""
+    def due(self, step: int, *, final: bool) -> bool:
+        """Whether the evaluation at `step` (the last of the run when `final`) is followed by a sample."""
         if not self.cfg.sample_every:
             return False
         return final or (step // self.cfg.eval_interval) % self.cfg.sample_every == 0
