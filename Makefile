@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# Train the default model on the bundled corpus for two minutes, evaluate it, sample from it.
+# Train the default model on the bundled corpus for two minutes (a sample at each evaluation, in
+# runs/demo/samples.jsonl; the loss curves in runs/demo/curves.png), evaluate it, sample from it,
+# and write the page that shows what each character cost and what the cells track.
 demo: install
 	rm -rf runs/demo
 	$(BIN)/charrnn train corpora/kjv.txt --run runs/demo --max-time 2m
 	$(BIN)/charrnn eval runs/demo
 	$(BIN)/charrnn sample runs/demo --prime "1 In the beginning" --length 400 --seed 1
+	$(BIN)/charrnn viz runs/demo --html runs/demo/explain.html
+	@echo "also in runs/demo: curves.png (loss curves), samples.jsonl (the samples drawn while it trained)"
 
 test: install
 	$(BIN)/python -m pytest -q
