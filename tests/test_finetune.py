@@ -344,3 +344,11 @@ def test_the_api_takes_the_same_option_and_refuses_the_same_way(texts: dict[str,
         charrnn.train(texts["new"], run=source.parent / "api", init_from=3)
     assert not (source.parent / "api").exists()
     assert json.loads((source / "config.json").read_text())["model"]["embed_size"] == 8
+
+
+def test_a_charrnn_0_1_run_can_be_the_source(tmp_path: Path, texts: dict[str, Path]) -> None:
+    old = Path(__file__).parent / "fixtures" / "format1"
+    before = _files(old)
+    run = charrnn.train(texts["new"], run=tmp_path / "run", init_from=old, max_steps=2, batch_size=4, seq_len=16)
+    assert run.config["init_from"]["path"] == str((old / "best.pt").resolve())
+    assert _files(old) == before
