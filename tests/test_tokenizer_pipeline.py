@@ -79,7 +79,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, real_text: str) -> Trained
 
     def train(kind: str) -> subprocess.CompletedProcess[str]:
         sizes = ["--vocab-size", str(VOCAB[kind])] if VOCAB[kind] else []
+        # One exact stream at every evaluation, so each recorded val loss is the exact figure `eval` gives.
         args = ["train", str(corpus), "--run", str(runs[kind]), "--tokenizer", kind, *sizes, "--max-steps", "20"]
+        args += ["--eval-streams", "1"]
         return charrnn(*args, *TINY, env={"CHARRNN_CACHE_DIR": str(cache), **ONE_THREAD})
 
     with ThreadPoolExecutor(max_workers=2) as pool:
