@@ -132,7 +132,7 @@ def train_report(*, quiet: bool = False) -> Report:
             progress.sample = Panel(Text(text), title=_sample_title(sample), title_align="left", border_style="dim")
             progress.refresh()
         else:
-            block = "\n".join("  | " + line for line in text.split("\n"))
+            block = "\n".join(f"  | {line}" if line else "  |" for line in text.split("\n"))
             print(f"{_sample_title(sample)}:\n{block}", flush=True)
 
     def on_end() -> None:

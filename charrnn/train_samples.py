@@ -6,9 +6,9 @@ the training reads is touched: not the weights, not torch's random generators (s
 masks), not the model's train/eval mode. A run therefore ends with the same weights whether it
 samples or not, and two successive samples differ only by what the model learnt in between.
 
-The numpy sampler is the fastest one for a single short stream on the CPU (it needs no torch call
-per token); on a GPU the copy is a few megabytes, and the host samples while the device waits
-for the next step, which is about as long as a torch sampler's set-up would take.
+The numpy sampler is the fastest one for a single short stream on the CPU (no torch call per
+token; docs/performance.md). On a GPU the copy is a few megabytes and the host draws the sample,
+leaving the device's memory, streams and generators to training alone.
 
 A `--lines` run shows whole examples instead, one a line: LINES_EXAMPLES streams side by side,
 each primed with a line break (and --sample-prime) and stopped at its own line break.
@@ -53,8 +53,8 @@ class TrainSample:
 
 
 class TrainSampler:
-    """Draws the run's samples on schedule: every `cfg.sample_every` evaluations (0: never), and at
-    the final one."""
+    """Draws the run's samples on schedule: after every `cfg.sample_every`-th evaluation (0: never),
+    and after the run's last one."""
 
     def __init__(
         self, cfg: TrainConfig, model_cfg: ModelConfig, tokenizer: Tokenizer, on_message: Callable[[str], None]

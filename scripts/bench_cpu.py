@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -236,6 +237,49 @@ def bench_sampling(n: int = 4000) -> list[str]:
     return rows
 
 
+def bench_trainsample(text_path: Path, steps: int = 40, interval: int = 10, rounds: int = 3) -> list[str]:
+    """What the samples drawn while training cost: the same short run with samples on and off,
+    interleaved, and each sample's own time (samples.jsonl), also scaled to a `--max-time 2m` run of
+    the default settings (an evaluation, so a sample, every 200 steps). The runs evaluate every
+    `interval` steps, far more often than the default, so that the samples weigh more than they do."""
+    from charrnn.data.corpus import find_corpus
+    from charrnn.train import train
+
+    corpus = find_corpus([str(text_path)])
+    walls: dict[int, list[float]] = {1: [], 0: []}
+    seconds: list[float] = []  # each sample's
+    shares: list[float] = []  # the samples' time over the whole run's, per run with samples on
+    for _ in range(rounds):
+        for every in (1, 0):
+            cfg = TrainConfig(
+                **PRESET["train"], max_steps=steps, eval_interval=interval, val_frac=0.01, sample_every=every
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                result = train(corpus, PRESET["model"], cfg, Path(tmp) / "run")
+                walls[every].append(time.perf_counter() - start)
+                if every:
+                    lines = (Path(tmp) / "run" / "samples.jsonl").read_text().splitlines()
+                    drawn = [json.loads(line)["seconds"] for line in lines]
+                    seconds += drawn
+                    shares.append(sum(drawn) / walls[1][-1])
+            if not every:
+                steps_per_sec = result.steps / result.elapsed
+    on, off, one = statistics.median(walls[1]), statistics.median(walls[0]), statistics.median(seconds)
+    in_2m = math.ceil(120 * steps_per_sec / 200) + 1  # evaluations of a 2-minute run, the final one too
+    return [
+        "| samples while training | figure |",
+        "| --- | --- |",
+        f"| {steps} steps, a sample every {interval}: sampling on | {on:.1f} s |",
+        f"| the same, sampling off | {off:.1f} s |",
+        f"| ratio on / off (machine noise included) | {on / off:.3f} |",
+        f"| the samples' own time in the runs with sampling on | {100 * statistics.median(shares):.2f}% |",
+        f"| one {cfg.sample_length}-character sample (copy of the weights, numpy sampler) | {one * 1000:.0f} ms |",
+        f"| share of a --max-time 2m run: {in_2m} samples at {steps_per_sec:.1f} steps/s (target < 2%) | "
+        f"{100 * in_2m * one / 120:.2f}% |",
+    ]
+
+
 def bench_startup(run_dir: Path) -> list[str]:
     """Seconds from starting `charrnn sample` to its first generated character (the run's
     best.safetensors, read without torch; and the same checkpoint as charrnn 0.1's best.pt, which
@@ -413,8 +457,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--only",
-        default="loop,sample,startup,tokenize,big,quality",
-        help="comma-separated subset of: loop, sample, startup, tokenize, big, quality",
+        default="loop,sample,trainsample,startup,tokenize,big,quality",
+        help="comma-separated subset of: loop, sample, trainsample, startup, tokenize, big, quality",
     )
     parser.add_argument("--quality", default="90,300", help="training budgets in seconds for the quality runs")
     parser.add_argument("--big-gb", type=float, default=1.0, help="size of the synthetic big corpus")
@@ -437,6 +481,8 @@ def main() -> None:
         section(bench_loop(text_path))
     if "sample" in parts:
         section(bench_sampling())
+    if "trainsample" in parts:
+        section(bench_trainsample(text_path))
     if "startup" in parts:
         with tempfile.TemporaryDirectory() as tmp:
             from charrnn.data.corpus import find_corpus

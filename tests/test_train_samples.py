@@ -140,7 +140,7 @@ def test_the_sample_is_a_plain_block_in_logs(tmp_path: Path, corpus_file: Path) 
     assert done.returncode == 0, done.stderr
     [sample] = _records(tmp_path / "run" / "samples.jsonl")
     assert f"sample at step 10, val {sample['val_loss']:.4f}, temperature 0.8:" in done.stdout
-    block = "\n".join("  | " + line for line in sample["text"].split("\n"))
+    block = "\n".join(f"  | {line}" if line else "  |" for line in sample["text"].split("\n"))
     assert block in done.stdout
 
 
