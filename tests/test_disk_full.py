@@ -94,7 +94,9 @@ def test_a_failed_checkpoint_save_keeps_the_old_file(trained_run: Path, monkeypa
     before = _contents(trained_run)
     payload = load_checkpoint(trained_run / "last.safetensors")
     _fill_the_disk(monkeypatch)
-    with pytest.raises(CharrnnError, match=r"could not save .*last\.safetensors: the disk is full; the previous file is intact"):
+    with pytest.raises(
+        CharrnnError, match=r"could not save .*last\.safetensors: the disk is full; the previous file is intact"
+    ):
         save_checkpoint(trained_run / "last.safetensors", payload)
     _assert_intact(trained_run, before)
 

@@ -67,7 +67,9 @@ def _check_whole(run: Path) -> int | None:
 def _wait_for_a_save(run: Path, proc: subprocess.Popen[bytes], *, also_first_checkpoint: bool) -> None:
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
-        if (run / f".last.safetensors.{proc.pid}.tmp").exists() and (not also_first_checkpoint or (run / "last.safetensors").exists()):
+        if (run / f".last.safetensors.{proc.pid}.tmp").exists() and (
+            not also_first_checkpoint or (run / "last.safetensors").exists()
+        ):
             return
         time.sleep(0.001)
 

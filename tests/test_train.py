@@ -78,9 +78,7 @@ def test_resume_refuses_a_changed_corpus(tmp_path: Path, corpus_file: Path) -> N
         resume(tmp_path / "run", budget={"max_steps": 10})
 
 
-def test_resume_and_eval_read_the_validation_file_in_the_encoding_training_used(
-    tmp_path: Path, real_text: str
-) -> None:
+def test_resume_and_eval_read_the_validation_file_in_the_encoding_training_used(tmp_path: Path, real_text: str) -> None:
     corpus, held = tmp_path / "corpus.txt", tmp_path / "held.txt"
     corpus.write_text(real_text + "caf\u00e9\n", encoding="latin-1")
     held.write_text(real_text[:4000] + "caf\u00e9\n", encoding="latin-1")  # a lone 0xE9 byte is not UTF-8
