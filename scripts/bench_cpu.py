@@ -237,11 +237,12 @@ def bench_sampling(n: int = 4000) -> list[str]:
     return rows
 
 
-def bench_trainsample(text_path: Path, steps: int = 40, interval: int = 10, rounds: int = 3) -> list[str]:
-    """What the samples drawn while training cost: the same short run with samples on and off,
-    interleaved, and each sample's own time (samples.jsonl), also scaled to a `--max-time 2m` run of
-    the default settings (an evaluation, so a sample, every 200 steps). The runs evaluate every
-    `interval` steps, far more often than the default, so that the samples weigh more than they do."""
+def bench_trainsample(text_path: Path, steps: int = 40, interval: int = 10, rounds: int = 4) -> list[str]:
+    """What the samples drawn while training cost: the same short run with samples on and off, in
+    pairs (after a pair that warms the process up; the order alternates), and each sample's own
+    time (samples.jsonl), also scaled to a `--max-time 2m` run of the default settings (an
+    evaluation, so a sample, every 200 steps). The runs evaluate every `interval` steps, far more
+    often than the default, so that the samples weigh more than they do."""
     from charrnn.data.corpus import find_corpus
     from charrnn.train import train
 
@@ -249,8 +250,8 @@ def bench_trainsample(text_path: Path, steps: int = 40, interval: int = 10, roun
     walls: dict[int, list[float]] = {1: [], 0: []}
     seconds: list[float] = []  # each sample's
     shares: list[float] = []  # the samples' time over the whole run's, per run with samples on
-    for _ in range(rounds):
-        for every in (1, 0):
+    for round_ in range(rounds + 1):
+        for every in (1, 0) if round_ % 2 else (0, 1):
             cfg = TrainConfig(
                 **PRESET["train"], max_steps=steps, eval_interval=interval, val_frac=0.01, sample_every=every
             )
@@ -265,14 +266,17 @@ def bench_trainsample(text_path: Path, steps: int = 40, interval: int = 10, roun
                     shares.append(sum(drawn) / walls[1][-1])
             if not every:
                 steps_per_sec = result.steps / result.elapsed
+        if round_ == 0:  # the warm-up pair
+            walls, seconds, shares = {1: [], 0: []}, [], []
     on, off, one = statistics.median(walls[1]), statistics.median(walls[0]), statistics.median(seconds)
+    pairs = statistics.median(a / b for a, b in zip(walls[1], walls[0]))
     in_2m = math.ceil(120 * steps_per_sec / 200) + 1  # evaluations of a 2-minute run, the final one too
     return [
         "| samples while training | figure |",
         "| --- | --- |",
         f"| {steps} steps, a sample every {interval}: sampling on | {on:.1f} s |",
         f"| the same, sampling off | {off:.1f} s |",
-        f"| ratio on / off (machine noise included) | {on / off:.3f} |",
+        f"| ratio on / off, median of the {rounds} pairs (machine noise included) | {pairs:.3f} |",
         f"| the samples' own time in the runs with sampling on | {100 * statistics.median(shares):.2f}% |",
         f"| one {cfg.sample_length}-character sample (copy of the weights, numpy sampler) | {one * 1000:.0f} ms |",
         f"| share of a --max-time 2m run: {in_2m} samples at {steps_per_sec:.1f} steps/s (target < 2%) | "
