@@ -9,6 +9,7 @@ are torchrun's; see docs/distributed.md.
 
 from __future__ import annotations
 
+import gc
 import os
 import shlex
 import sys
@@ -263,9 +264,27 @@ def session() -> Iterator[Ranks]:
             f"rank {ranks.rank}: lost contact with the other ranks (one of them failed or was stopped; "
             f"its own message says why): {first[:300]}"
         ) from None
+    else:
+        if owner:
+            _leave_together()
     finally:
         if owner and dist.is_initialized():
+            gc.collect()  # DDP's reducer holds the group: let it go first, while the interpreter is whole
             dist.destroy_process_group()
+
+
+def _leave_together() -> None:
+    """Wait, at the end of a job that went well, until every rank is done with the group.
+
+    Rank 0 has the most to do at the end (the curves, the last sample); a rank that tore down its
+    half of the group and exited meanwhile could be aborted in gloo's teardown ("terminate called
+    without an active exception") and fail the job that had just succeeded. Destroying the group
+    on all ranks at the same moment is what PyTorch asks of it.
+    """
+    try:
+        dist.barrier()
+    except RuntimeError:
+        pass  # a peer is gone already: nothing to wait for, and the job's result stands
 
 
 def _join(ranks: Ranks) -> None:

@@ -708,6 +708,7 @@ def _fit(trainer: Trainer, handle_signals: bool) -> TrainResult:
         result = trainer.fit(stop)
     finally:
         stop.restore()
+        trainer.net = trainer.model  # under torchrun, lets DDP (and its hold on the group) go
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
         raise Interrupted(
