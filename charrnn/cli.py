@@ -366,6 +366,26 @@ def _write_samples(made: Any, prime: str, as_json: bool, output: Optional[Path])
         atomic_write(output, lambda handle: handle.write(body.encode("utf-8")))
 
 
+def _quiet_when_the_reader_leaves(callback: Any) -> Any:
+    """`callback`, ending with exit 0 and no message when stdout's reader goes away (`charrnn
+    sample | head`): what the reader asked for it has. Typer would turn the broken pipe into a
+    bare exit 1, which fails a `set -o pipefail` script for nothing."""
+    import functools
+
+    @functools.wraps(callback)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except BrokenPipeError:
+            import os
+
+            # Whatever is still buffered for the closed pipe goes nowhere, quietly, at exit too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
+
+    return command
+
+
 def _fail(message: str, code: int) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "error"
     print(f"charrnn: error: {first}", file=sys.stderr)
@@ -376,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     global _argv
     _argv = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
+    for sub in getattr(command, "commands", {}).values():
+        sub.callback = _quiet_when_the_reader_leaves(sub.callback)
     try:
         code = command.main(args=argv, prog_name="charrnn", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
@@ -406,9 +428,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except BrokenPipeError:
-        sys.stderr.close()  # the reader went away (e.g. `| head`): not an error worth a message
-        sys.exit(0)
     except Exception as exc:  # a bug: one line by default, the traceback with --debug
         if _debug:
             raise

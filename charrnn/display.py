@@ -124,7 +124,8 @@ def train_report(*, quiet: bool = False) -> Report:
             )
 
     def on_message(text: str) -> None:
-        (progress.console if live and progress.live.is_started else console).print(f"[dim]{text}[/dim]")
+        # Text, not markup: a message names paths and corpora, and "runs/[/x]" is no style tag.
+        (progress.console if live and progress.live.is_started else console).print(Text(text, style="dim"))
 
     def on_sample(sample: TrainSample) -> None:
         text = printable(sample.text)
@@ -162,7 +163,7 @@ def train_summary(result: TrainResult) -> Table:
         ),
     ]
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, Text(value))  # Text: a "[" in a run's path is not rich markup
     return table
 
 
@@ -184,7 +185,7 @@ def eval_table(rows: list[tuple[str, dict[str, Any]]]) -> Table:
     for name, r in rows:
         base = r.get("baselines_bits_per_char", {})
         table.add_row(
-            name,
+            Text(name),  # a file name, never markup
             f"{r['chars']:,}",
             f"{r['unknown']:,}",
             f"{r['loss_per_token']:.4f}",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from charrnn.errors import CharrnnError
 from charrnn.runlog import CONFIG, LOCK, RunLog, read_run
@@ -196,10 +197,10 @@ def _cells(row: RunRow) -> list[str]:
 
 def runs_table(rows: list[RunRow], title: str) -> Table:
     """The rows as a rich table, one colour per status."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     for column in COLUMNS:
         numeric = column in ("params", "steps", "time", "best val bpc")
         table.add_column(column, justify="right" if numeric else "left", no_wrap=column != "corpus")
     for row in rows:
-        table.add_row(*_cells(row), style=STYLES.get(row.status))
+        table.add_row(*map(Text, _cells(row)), style=STYLES.get(row.status))  # names are never markup
     return table

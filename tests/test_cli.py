@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, charrnn
+from conftest import CLI, ROOT, TINY, charrnn
 
 FORMAT1 = ROOT / "tests" / "fixtures" / "format1"  # a run written by charrnn 0.1
 
@@ -88,11 +89,39 @@ def test_sample_many_to_a_file(trained_run: Path, tmp_path: Path) -> None:
     assert out.read_text().count("----- sample") == 3
 
 
+@pytest.mark.parametrize("extra", [[], ["--num-samples", "2"]], ids=["streamed", "all-at-once"])
+def test_sample_into_a_reader_that_leaves_early_is_no_error(trained_run: Path, extra: list[str]) -> None:
+    # `charrnn sample RUN | head -c 10`: the reader closes the pipe after a few bytes.
+    proc = subprocess.Popen(
+        [*CLI, "sample", str(trained_run), "--length", "200000", "--seed", "1", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 0
+    assert proc.stderr.read() == b""
+
+
 def test_sample_prime_file(trained_run: Path, tmp_path: Path) -> None:
     prime = tmp_path / "prime.txt"
     prime.write_text("In the")
     result = charrnn("sample", str(trained_run), "--prime-file", str(prime), "--length", "5", "--seed", "1")
     assert result.returncode == 0 and result.stdout.startswith("In the")
+
+
+def test_paths_that_look_like_markup_are_shown_as_written(tmp_path: Path, corpus_file: Path) -> None:
+    # Progress messages name the run; rich must not read "[/x]" in it as a closing style tag.
+    run = tmp_path / "r[/x][bold]"
+    assert charrnn("train", str(corpus_file), "--run", str(run), "--max-steps", "5", *TINY).returncode == 0
+    resumed = charrnn("train", "--resume", str(run), "--max-steps", "10")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run} at step 5" in resumed.stdout
+    assert str(run) in resumed.stdout.split("training summary")[1]
+    listed = charrnn("runs", str(run.parent))
+    assert listed.returncode == 0, listed.stderr
+    assert run.name in listed.stdout
 
 
 def test_train_from_stdin_and_resume(tmp_path: Path, real_text: str) -> None:
