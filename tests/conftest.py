@@ -37,6 +37,16 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def one_thread_per_module() -> Iterator[None]:
+    """One torch thread for a whole module, its module-scoped fixtures (the runs it trains) too.
+    Files opt in with `pytestmark = pytest.mark.usefixtures("one_thread_per_module")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def real_text() -> str:
     """About 60 KB of real English (the bundled corpus is always there)."""
@@ -100,6 +110,18 @@ def charrnn(
         text=True,
         timeout=timeout,
     )
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `charrnn ARGS` through charrnn.cli.main in this process (no second torch import, no
+    test hooks): its exit status, standard output and standard error."""
+    from charrnn.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exited.value.code or 0, captured.out, captured.err
 
 
 # --- checkpoints built by hand, for the tests of reading them ---

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, charrnn
+from conftest import TINY, charrnn, in_process
 
-from charrnn import cli
 from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
 from charrnn.train import train
@@ -272,13 +271,6 @@ def snapshot(root: Path) -> dict[str, tuple]:
     return seen
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        cli.main(args)
-    out, err = capsys.readouterr()
-    return exited.value.code or 0, out, err
-
-
 def test_the_sweep_is_wide() -> None:
     assert len(CASES) >= 30
     commands = {case.args(Path("/w"))[0] for case in CASES.values()}
@@ -297,7 +289,7 @@ def test_bad_input_gives_one_line_and_changes_nothing(
     capsys.readouterr()
     before = snapshot(work)
 
-    code, out, err = run_cli(capsys, case.args(work))
+    code, out, err = in_process(capsys, *case.args(work))
 
     assert code == case.code, err
     assert err.count("\n") == 1 and err.startswith("charrnn: error: "), err
@@ -311,7 +303,7 @@ def test_bad_input_gives_one_line_and_changes_nothing(
 def test_a_failed_train_leaves_no_run_directory(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Even when it fails late (after reading the corpus), nested directories included."""
     _bytes(work / "aaa.txt", b"a" * 5000)
-    code, _, err = run_cli(capsys, ["train", str(work / "aaa.txt"), "--run", str(work / "a" / "b" / "run"), *TINY])
+    code, _, err = in_process(capsys, "train", str(work / "aaa.txt"), "--run", str(work / "a" / "b" / "run"), *TINY)
     assert code == 1, err
     assert not (work / "a").exists()
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import RunsACommand
+from conftest import RunsACommand, in_process
 
 import charrnn
-from charrnn import cli, finetune
+from charrnn import finetune
 from charrnn.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint, to_safetensors
 from charrnn.config import ModelConfig, TrainConfig, asdict
 from charrnn.data.corpus import find_corpus
@@ -35,12 +35,7 @@ ADDED = "½Çéï"  # in the new text's training part, never in the King James B
 NEW_LINE = "Ça, naïve café: ½ a pound.\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture(scope="module")
@@ -245,9 +240,8 @@ def test_byte_and_subword_models_keep_their_tokenizer_and_weights(
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """`charrnn ARGS` in this process: exit status and stderr."""
-    with pytest.raises(SystemExit) as exited:
-        cli.main(list(args))
-    return exited.value.code or 0, capsys.readouterr().err
+    code, _, err = in_process(capsys, *args)
+    return code, err
 
 
 def _refused(capsys: pytest.CaptureFixture[str], *args: str) -> str:

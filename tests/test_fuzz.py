@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import in_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charrnn import cli
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from charrnn.config import ModelConfig, TrainConfig, asdict
 from charrnn.data.batcher import StreamBatcher, fit_batch_size
@@ -257,10 +257,7 @@ def test_the_cli_on_random_corpora_and_primes(tmp_path: Path, capsys: pytest.Cap
 
 
 def _cli(capsys: pytest.CaptureFixture[str], args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exited:
-        cli.main(args)
-    out, err = capsys.readouterr()
-    code = exited.value.code or 0
+    code, _, err = in_process(capsys, *args)
     if code:
         assert code == 1, err
         assert err.startswith("charrnn: error: ") and err.count("\n") == 1, err

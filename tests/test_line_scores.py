@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import charrnn as run_charrnn
+from conftest import in_process
 
 import charrnn
 from charrnn import line_scores
@@ -53,17 +54,6 @@ def text_file(tmp_path: Path) -> Path:
     return path
 
 
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run `charrnn ARGS` in this process: exit code, stdout, stderr."""
-    from charrnn.cli import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        main(list(args))
-    out = capsys.readouterr()
-    return stopped.value.code or 0, out.out, out.err
-
-
 def records_of(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
@@ -80,10 +70,10 @@ def line_bounds(text: str) -> list[tuple[int, int]]:
 def test_the_lines_bits_over_their_predicted_characters_is_evals_bits_per_char(
     runs: dict[str, Path], text_file: Path, capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
-    code, out, _ = cli(capsys, "score", str(runs[kind]), str(text_file), "--json", "--device", "cpu")
+    code, out, _ = in_process(capsys, "score", str(runs[kind]), str(text_file), "--json", "--device", "cpu")
     assert code == 0
     records = records_of(out)
-    code, evaluated, _ = cli(capsys, "eval", str(runs[kind]), str(text_file), "--json", "--no-baselines")
+    code, evaluated, _ = in_process(capsys, "eval", str(runs[kind]), str(text_file), "--json", "--no-baselines")
     assert code == 0
     expected = json.loads(evaluated)[str(text_file)]
     assert sum(r["predicted"] for r in records) == expected["chars"]
@@ -213,9 +203,9 @@ def test_sorted_lines_come_highest_bits_per_char_first_and_top_keeps_the_worst(m
 def test_top_shows_the_worst_lines_and_the_caption_counts_all(
     runs: dict[str, Path], text_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = cli(capsys, "score", str(runs["char"]), str(text_file), "--top", "2", "--json")
+    code, out, _ = in_process(capsys, "score", str(runs["char"]), str(text_file), "--top", "2", "--json")
     assert code == 0 and len(records_of(out)) == 2
-    code, out, _ = cli(capsys, "score", str(runs["char"]), str(text_file), "--top", "2")
+    code, out, _ = in_process(capsys, "score", str(runs["char"]), str(text_file), "--top", "2")
     assert code == 0
     assert "most bits per character first" in out
     assert f"All 5 lines: {len(TEXT)} characters, {len(TEXT) - 1} predicted" in out
@@ -234,7 +224,7 @@ def test_nan_lines_sort_last() -> None:
 def test_the_table_shows_every_line_with_its_worst_character(
     runs: dict[str, Path], text_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = cli(capsys, "score", str(runs["char"]), str(text_file))
+    code, out, err = in_process(capsys, "score", str(runs["char"]), str(text_file))
     assert code == 0 and not err.replace("charrnn: note: ", "").startswith("charrnn")
     assert "lines in context, the state carried" in out
     assert "In the beginning God créated\\n" in out and "(charrnn eval's figure)" in out
@@ -242,7 +232,7 @@ def test_the_table_shows_every_line_with_its_worst_character(
 
 
 def test_whole_json_is_one_record(runs: dict[str, Path], text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(capsys, "score", str(runs["char"]), str(text_file), "--whole", "--json")
+    code, out, _ = in_process(capsys, "score", str(runs["char"]), str(text_file), "--whole", "--json")
     (record,) = records_of(out)
     assert code == 0 and record["lines"] == 5 and record["chars"] == len(TEXT)
     assert set(record["worst"]) == {"line", "column", "char", "bits", "unknown"}
@@ -253,7 +243,7 @@ def test_unknown_characters_are_counted_marked_and_noted(
 ) -> None:
     path = tmp_path / "snow.txt"
     path.write_text("light\n☃☃ light\n", encoding="utf-8")
-    code, out, err = cli(capsys, "score", str(runs["char"]), str(path), "--json")
+    code, out, err = in_process(capsys, "score", str(runs["char"]), str(path), "--json")
     first, second = records_of(out)
     assert code == 0 and (first["unknown"], second["unknown"]) == (0, 2)
     assert err.strip() == "charrnn: note: 2 characters are not in the model's vocabulary: scored as <unk>"
@@ -269,7 +259,7 @@ def test_a_latin_1_file_is_read_with_encoding(
 ) -> None:
     path = tmp_path / "latin.txt"
     path.write_bytes("Ça, naïve café.\n".encode("latin-1"))
-    code, out, _ = cli(capsys, "score", str(runs["char"]), str(path), "--encoding", "latin-1", "--json")
+    code, out, _ = in_process(capsys, "score", str(runs["char"]), str(path), "--encoding", "latin-1", "--json")
     assert code == 0 and records_of(out)[0]["text"] == "Ça, naïve café.\n"
 
 
@@ -304,7 +294,7 @@ def test_bad_input_is_one_error_line(
 ) -> None:
     path = tmp_path / "bad.txt"
     path.write_bytes(content)
-    code, out, err = cli(capsys, "score", str(runs["char"]), str(path), *args)
+    code, out, err = in_process(capsys, "score", str(runs["char"]), str(path), *args)
     assert code == 1 and not out
     assert err.count("\n") == 1 and err.startswith("charrnn: error: ") and message in err
 
@@ -314,7 +304,7 @@ def test_a_missing_file_or_a_directory_is_one_error_line(
     runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str
 ) -> None:
     path = tmp_path / "nothing.txt" if which == "missing" else tmp_path
-    code, out, err = cli(capsys, "score", str(runs["char"]), str(path))
+    code, out, err = in_process(capsys, "score", str(runs["char"]), str(path))
     expected = "no such file or directory" if which == "missing" else "is a directory: give one text file"
     assert code == 1 and not out and err.count("\n") == 1 and expected in err
 

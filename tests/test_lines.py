@@ -10,12 +10,11 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import charrnn as run_charrnn
 
 import charrnn
@@ -36,12 +35,7 @@ NAMES = (
 TINY = dict(hidden=32, embed=16, layers=1, batch_size=4, seq_len=16, eval_interval=50, log_interval=50)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def _write(path: Path, text: str) -> Path:

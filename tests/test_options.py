@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import charrnn
+from conftest import charrnn, in_process
 
 from charrnn import cli, options
 from charrnn.checkpoint import load_checkpoint, train_config_of
@@ -27,13 +27,6 @@ TINY_OPTIONS = dict(hidden=32, embed=16, layers=1, batch_size=4, seq_len=16, eva
 def _train_command() -> typer.core.TyperCommand:
     group = typer.main.get_command(cli.app)
     return group.get_command(typer.Context(group), "train")
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        cli.main(args)
-    out, err = capsys.readouterr()
-    return exited.value.code or 0, out, err
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -143,7 +136,7 @@ def test_a_config_file_supplies_options_and_flags_override_it(
         f'corpus = "{corpus_file}"\nhidden = 24\nseq-len = 12\nbatch_size = 3\nlayers = 1\nembed = 8\nmax_time = "5m"\n'
     )
     args = ["train", "--config", str(tmp_path / "exp.toml"), "--run", str(tmp_path / "r"), "--hidden", "16"]
-    code, _, err = run_cli(capsys, [*args, "--max-steps", "3", "--quiet"])
+    code, _, err = in_process(capsys, *args, "--max-steps", "3", "--quiet")
     assert code == 0, err
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["model"]["hidden_size"] == 16  # the flag wins
@@ -172,8 +165,8 @@ def test_a_bad_config_file_is_one_error_line(
 ) -> None:
     if content is not None:
         (tmp_path / "exp.toml").write_text(content)
-    code, out, err = run_cli(
-        capsys, ["train", str(corpus_file), "--config", str(tmp_path / "exp.toml"), "--run", str(tmp_path / "r")]
+    code, out, err = in_process(
+        capsys, "train", str(corpus_file), "--config", str(tmp_path / "exp.toml"), "--run", str(tmp_path / "r")
     )
     assert code == 1
     assert err.startswith("charrnn: error: ") and err.count("\n") == 1, err
@@ -196,7 +189,7 @@ def test_resume_refuses_the_options_it_cannot_change_naming_them(
     # Before the fix this exited 0, having used none of --lr, --device or --run.
     before = _snapshot(work)
     args = ["train", "--resume", str(work / "run"), "--lr", "0.5", "--device", "cpu", "--run", str(work / "elsewhere")]
-    code, _, err = run_cli(capsys, args)
+    code, _, err = in_process(capsys, *args)
     assert code == 1 and err.count("\n") == 1, err
     assert err.startswith("charrnn: error: --resume cannot change --lr, --run: ")
     assert "--device" not in err.split("(")[0]  # applied, not refused
@@ -205,7 +198,7 @@ def test_resume_refuses_the_options_it_cannot_change_naming_them(
 
 def test_resume_applies_the_budget_and_the_safe_options(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["train", "--resume", str(work / "run"), "--max-steps", "16", "--log-interval", "1", "--patience", "9"]
-    code, _, err = run_cli(capsys, [*args, "--device", "cpu", "--save-interval", "3", "--quiet"])
+    code, _, err = in_process(capsys, *args, "--device", "cpu", "--save-interval", "3", "--quiet")
     assert code == 0, err
     steps = [json.loads(line)["step"] for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 11, 12, 13, 14, 15, 16]  # every 5 steps before, every step after
@@ -215,7 +208,7 @@ def test_resume_applies_the_budget_and_the_safe_options(work: Path, capsys: pyte
 
 def test_a_config_file_counts_as_given_on_resume(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (work / "more.toml").write_text('max_time = "1m"\nseed = 3\n')
-    code, _, err = run_cli(capsys, ["train", "--resume", str(work / "run"), "--config", str(work / "more.toml")])
+    code, _, err = in_process(capsys, "train", "--resume", str(work / "run"), "--config", str(work / "more.toml"))
     assert code == 1 and "--resume cannot change --seed:" in err, err
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import in_process
 
 from charrnn import plot
 from charrnn.checkpoint import load_checkpoint
-from charrnn.cli import main
 from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError
@@ -52,15 +52,6 @@ def write_run(path: Path, *, floor: float = 1.2, records: int = 30, **config: An
         lines.append(json.dumps(record) + "\n")
     (path / "metrics.jsonl").write_text("".join(lines))
     return path
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run `charrnn ARGS` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        main(list(args))
-    out = capsys.readouterr()
-    return done.value.code, out.out, out.err
 
 
 def plot_area(image: np.ndarray) -> np.ndarray:
@@ -148,7 +139,7 @@ def test_plot_on_the_command_line_writes_curves_png_and_says_where(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out, err = cli(capsys, "plot", str(write_run(tmp_path / "run")), "--x", "chars")
+    code, out, err = in_process(capsys, "plot", str(write_run(tmp_path / "run")), "--x", "chars")
     assert (code, err) == (0, "")
     assert out.strip() == "wrote curves.png" and (tmp_path / "curves.png").stat().st_size > 10_000
 
@@ -157,7 +148,7 @@ def test_term_draws_the_curves_as_text_and_writes_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out, err = cli(
+    code, out, err = in_process(
         capsys, "plot", str(write_run(tmp_path / "a")), str(write_run(tmp_path / "b", floor=2)), "--term"
     )
     assert (code, err) == (0, "")
@@ -197,7 +188,7 @@ def test_a_run_that_cannot_be_plotted_is_one_error_line_and_nothing_is_written(
     monkeypatch.chdir(tmp_path)
     run = write_run(tmp_path / "run")
     spoil(run)
-    code, out, err = cli(capsys, "plot", str(run), "-o", "out.png")
+    code, out, err = in_process(capsys, "plot", str(run), "-o", "out.png")
     assert code == 1 and out == ""
     assert err.startswith("charrnn: error: ") and message in err and err.count("\n") == 1
     assert not list(tmp_path.glob("*.png")) and not list(run.glob("*.png"))
@@ -214,13 +205,15 @@ def test_an_output_that_cannot_be_written_is_refused_before_drawing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], output: str, message: str
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out, err = cli(capsys, "plot", str(write_run(tmp_path / "run")), "-o", output)
+    code, out, err = in_process(capsys, "plot", str(write_run(tmp_path / "run")), "-o", output)
     assert code == 1 and message in err and err.startswith("charrnn: error: ") and err.count("\n") == 1
     assert not (tmp_path / "missing").exists() and not list(tmp_path.glob("curves*"))
 
 
 def test_an_unknown_x_axis_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cli(capsys, "plot", str(write_run(tmp_path / "run")), "--x", "epoch", "-o", str(tmp_path / "c.png"))
+    code, _, err = in_process(
+        capsys, "plot", str(write_run(tmp_path / "run")), "--x", "epoch", "-o", str(tmp_path / "c.png")
+    )
     assert code == 1 and "--x must be one of step, time, chars" in err
 
 

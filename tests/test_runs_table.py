@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import in_process
 
-from charrnn.cli import main
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError
@@ -59,14 +59,6 @@ def runs(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        main(list(args))
-    out = capsys.readouterr()
-    return done.value.code, out.out, out.err
-
-
 def test_runs_are_sorted_best_validation_first_and_unscored_last(runs: Path) -> None:
     assert [row.name for row in list_runs(runs)] == ["good", "killed", "slow", "unscored"]
 
@@ -110,7 +102,7 @@ def test_a_run_whose_lock_is_held_is_running(runs: Path) -> None:
 
 
 def test_the_table_on_the_command_line(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli(capsys, "runs", str(runs))
+    code, out, err = in_process(capsys, "runs", str(runs))
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert "4 runs in" in lines[0]
@@ -123,7 +115,7 @@ def test_the_table_on_the_command_line(runs: Path, capsys: pytest.CaptureFixture
 
 
 def test_json_for_scripts(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(capsys, "runs", str(runs), "--json", "--sort", "name")
+    code, out, _ = in_process(capsys, "runs", str(runs), "--json", "--sort", "name")
     rows = json.loads(out)
     assert code == 0 and [row["name"] for row in rows] == ["good", "killed", "slow", "unscored"]
     assert rows[0]["best_val_bits_per_char"] == pytest.approx(1.1 / math.log(2))
@@ -144,7 +136,7 @@ def test_an_unreadable_config_is_a_row_saying_so(runs: Path) -> None:
 
 
 def test_an_empty_directory_says_there_are_no_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(capsys, "runs", str(tmp_path))
+    code, out, _ = in_process(capsys, "runs", str(tmp_path))
     assert code == 0 and out.strip() == f"no runs in {tmp_path}"
 
 
@@ -155,7 +147,7 @@ def test_bad_arguments_are_one_error_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out, err = cli(capsys, "runs", *args)
+    code, out, err = in_process(capsys, "runs", *args)
     assert code == 1 and out == "" and err.startswith("charrnn: error: ") and message in err
 
 
@@ -164,7 +156,7 @@ def test_the_default_directory_is_runs(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     write_run(tmp_path / "runs" / "only", [1.5], stop="step budget reached")
-    code, out, _ = cli(capsys, "runs", "--json")
+    code, out, _ = in_process(capsys, "runs", "--json")
     assert code == 0 and [row["name"] for row in json.loads(out)] == ["only"]
 
 

@@ -12,7 +12,7 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TINY, charrnn
+from conftest import TINY, charrnn, in_process
 
-from charrnn import cli
 from charrnn.checkpoint import arrays_from_checkpoint, load_checkpoint, model_from_checkpoint, train_config_of
 from charrnn.config import ModelConfig
 from charrnn.data.corpus import find_corpus
@@ -51,12 +50,7 @@ PRIME = "And God sa"  # ends inside a word: subword primes get healed
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @dataclass(frozen=True)
@@ -92,11 +86,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, real_text: str) -> Trained
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     """`charrnn ARGS` in this process; its standard output."""
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(list(args))
-    captured = capsys.readouterr()
-    assert exit_.value.code == 0, captured.err
-    return captured.out
+    code, out, err = in_process(capsys, *args)
+    assert code == 0, err
+    return out
 
 
 def loaded(run: Path) -> tuple[RNNLanguageModel, Tokenizer]:

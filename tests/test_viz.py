@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TINY, charrnn
+from conftest import TINY, charrnn, in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,17 +43,6 @@ def held(tmp_path: Path) -> Path:
     return path
 
 
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run `charrnn ARGS` in this process (no second torch import): exit code, stdout, stderr."""
-    from charrnn.cli import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        main(list(args))
-    out = capsys.readouterr()
-    return stopped.value.code or 0, out.out, out.err
-
-
 def page_data(page: Path) -> dict[str, Any]:
     """The JSON the page embeds."""
     found = re.search(
@@ -70,10 +59,10 @@ def test_page_bits_per_character_is_what_eval_reports_on_the_same_text(
     run: Path, held: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     page = tmp_path / "explain.html"
-    code, out, err = cli(capsys, "viz", str(run), str(held), "--html", str(page))
+    code, out, err = in_process(capsys, "viz", str(run), str(held), "--html", str(page))
     assert code == 0, err
     assert str(page) in out
-    code, out, err = cli(capsys, "eval", str(run), str(held), "--json", "--no-baselines")
+    code, out, err = in_process(capsys, "eval", str(run), str(held), "--json", "--no-baselines")
     assert code == 0, err
     expected = next(iter(json.loads(out).values()))["bits_per_char"]
     data = page_data(page)
@@ -86,7 +75,7 @@ def test_page_bits_per_character_is_what_eval_reports_on_the_same_text(
 def test_default_text_is_the_start_of_the_runs_validation_text(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from charrnn.inference import load
 
-    code, out, err = cli(capsys, "viz", str(run), "--json", "--max-chars", "700")
+    code, out, err = in_process(capsys, "viz", str(run), "--json", "--max-chars", "700")
     assert code == 0, err
     document = json.loads(out)
     text = "".join(record["char"] for record in document["chars"])
@@ -101,7 +90,7 @@ def test_default_text_is_the_start_of_the_runs_validation_text(run: Path, capsys
 def test_json_gives_one_record_per_character_with_its_predictions(
     run: Path, held: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = cli(capsys, "viz", str(run), str(held), "--json")
+    code, out, err = in_process(capsys, "viz", str(run), str(held), "--json")
     assert code == 0, err
     records = json.loads(out)["chars"]
     assert len(records) == len(HELD)
@@ -120,7 +109,7 @@ def test_unknown_characters_are_marked_and_counted(
     text = tmp_path / "odd.txt"
     text.write_text("In the beginning \u20ac was the \u0436ord.\n", encoding="utf-8")
     page = tmp_path / "odd.html"
-    code, _, err = cli(capsys, "viz", str(run), str(text), "--html", str(page))
+    code, _, err = in_process(capsys, "viz", str(run), str(text), "--html", str(page))
     assert code == 0, err
     data = page_data(page)
     assert data["summary"]["unknown"] == 2
@@ -241,14 +230,14 @@ def test_term_colours_the_text_only_on_a_terminal_without_no_color(
     monkeypatch.setenv("TERM", "xterm-256color")
     for name in ("FORCE_COLOR", "NO_COLOR"):
         monkeypatch.delenv(name, raising=False)
-    code, plain, err = cli(capsys, "viz", str(run), str(held), "--term")
+    code, plain, err = in_process(capsys, "viz", str(run), str(held), "--term")
     assert code == 0, err
     assert "\x1b[" not in plain and HELD in plain  # not a terminal: the text as it is
     monkeypatch.setenv("FORCE_COLOR", "1")
-    _, forced, _ = cli(capsys, "viz", str(run), str(held), "--term")
+    _, forced, _ = in_process(capsys, "viz", str(run), str(held), "--term")
     assert "\x1b[" in forced and "bits:" in forced  # colours, and the legend
     monkeypatch.setenv("NO_COLOR", "1")
-    _, refused, _ = cli(capsys, "viz", str(run), str(held), "--term")
+    _, refused, _ = in_process(capsys, "viz", str(run), str(held), "--term")
     assert "\x1b[" not in refused
 
 
@@ -285,7 +274,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
         text.write_text(HELD)
         page = tmp_path / "missing" / "explain.html"
         args = ["--html", str(page)]
-    code, out, err = cli(capsys, "viz", str(run), str(text), *args)
+    code, out, err = in_process(capsys, "viz", str(run), str(text), *args)
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("charrnn: error:") and message in lines[0], err
@@ -366,7 +355,7 @@ def test_page_in_chromium_hover_card_unit_view_and_no_network(
     from selenium.webdriver.common.keys import Keys
 
     page = tmp_path / "explain.html"
-    code, _, err = cli(capsys, "viz", str(run), "--html", str(page), "--max-chars", "1500")
+    code, _, err = in_process(capsys, "viz", str(run), "--html", str(page), "--max-chars", "1500")
     assert code == 0, err
     data = page_data(page)
     browser.get("about:blank")
@@ -404,7 +393,7 @@ def test_page_in_chromium_hover_card_unit_view_and_no_network(
 def test_ranked_units_name_a_property_and_a_correlation(
     run: Path, held: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = cli(capsys, "viz", str(run), str(held), "--json")
+    code, out, err = in_process(capsys, "viz", str(run), str(held), "--json")
     assert code == 0, err
     units = json.loads(out)["units"]
     assert units, "no unit ranked"
