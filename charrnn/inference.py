@@ -244,7 +244,7 @@ class Model:
             return functools.partial(sample_numpy, self.config, self._weights, self.tokenizer, prime, settings)
         from charrnn.sample.torch_sampler import sample
 
-        return functools.partial(sample, self._torch_model(), self.tokenizer, prime, settings)
+        return functools.partial(sample, self.torch_module(), self.tokenizer, prime, settings)
 
     def _numpy_samples(self, num_samples: int) -> bool:
         """Whether the numpy sampler serves this many samples: on the CPU, up to NUMPY_MAX_STREAMS
@@ -267,7 +267,7 @@ class Model:
         if not isinstance(streams, int) or streams < 1:
             raise CharrnnError(f"streams must be at least 1, got {streams!r}")
         split = encode_text(self.tokenizer, text)
-        return evaluate(self._torch_model(), split, self.tokenizer, streams=streams, autocast=self._autocast())
+        return evaluate(self.torch_module(), split, self.tokenizer, streams=streams, autocast=self.uses_bf16())
 
     def score(self, text: str, *, top_k: int = 5, activations: bool = False) -> Score:
         """Every character's bits, the model's `top_k` predictions there, whether it is unknown,
@@ -279,7 +279,7 @@ class Model:
         if not isinstance(top_k, int) or top_k < 0:
             raise CharrnnError(f"top_k must be >= 0, got {top_k!r}")
         return score_text(
-            self._torch_model(), self.tokenizer, text, top_k=top_k, activations=activations, autocast=self._autocast()
+            self.torch_module(), self.tokenizer, text, top_k=top_k, activations=activations, autocast=self.uses_bf16()
         )
 
     # --- the torch side, built once when first needed ------------------------------------------
@@ -291,12 +291,17 @@ class Model:
             self._resolved = resolve_device(self.device)
         return self._resolved
 
-    def _autocast(self) -> bool:
+    def uses_bf16(self) -> bool:
+        """Whether the torch model runs its matrix products in bfloat16 (autocast) on its device,
+        as `evaluate` and `score` run it: on GPUs that have fast bf16, never on the CPU."""
         from charrnn.devices import use_bf16
 
         return use_bf16("auto", self._torch_device())
 
-    def _torch_model(self) -> RNNLanguageModel:
+    def torch_module(self) -> RNNLanguageModel:
+        """The model as a torch `nn.Module` in eval mode on the model's device, built the first time
+        it is asked for and kept: `module(tokens, state)` takes (T, B) token ids and gives logits,
+        the loss (None) and the state after them (see charrnn/model.py)."""
         if self._module is None:
             import numpy as np
             import torch

@@ -240,7 +240,7 @@ def _stateful_bits(model: Model, chunks: Iterable[str]) -> Iterator[Bits]:
     """Every character's bits in one stateful pass over the text, piece by piece: the state and the
     last token of a piece carry into the next, so the numbers are those of one pass over all of it."""
     tokenizer = model.tokenizer
-    net, autocast = model._torch_model(), model._autocast()
+    net, autocast = model.torch_module(), model.uses_bf16()
     carry: tuple[int, State | None] | None = None
     for piece in _pieces(chunks, PIECE_CHARS, anywhere=tokenizer.kind in ("char", "byte")):
         ids = tokenizer.encode(piece).numpy()
@@ -326,7 +326,7 @@ def _independent_bits(model: Model, lines: Iterable[str]) -> Iterator[Bits]:
     """Every line's character bits, each line from a fresh state after one line break (which is
     not counted); lines go through the model side by side, as many as the logit budget allows."""
     tokenizer = model.tokenizer
-    net, autocast = model._torch_model(), model._autocast()
+    net, autocast = model.torch_module(), model.uses_bf16()
     prefix = tokenizer.encode("\n").numpy()
     batch: list[tuple[str, np.ndarray]] = []
     longest = 0
