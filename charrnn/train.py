@@ -330,6 +330,11 @@ class Trainer:
         """Validation pieces during training: cfg.eval_streams, or the streams of all ranks' batches."""
         return self.cfg.eval_streams or self.batcher.batch_size * self.ranks.world
 
+    def close(self) -> None:
+        """Let go of DDP's wrapper, which holds the process group, so the group can be destroyed
+        while the interpreter is whole (distributed.session); `model` stays usable."""
+        self.net = self.model
+
     def fit(self, stop: _StopFlag | None = None) -> TrainResult:
         """Update until the budget is spent, patience runs out or a signal asks to stop, writing a
         metrics record, evaluating and saving on their schedules, and saving at the end."""
@@ -708,7 +713,7 @@ def _fit(trainer: Trainer, handle_signals: bool) -> TrainResult:
         result = trainer.fit(stop)
     finally:
         stop.restore()
-        trainer.net = trainer.model  # under torchrun, lets DDP (and its hold on the group) go
+        trainer.close()
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
         raise Interrupted(
