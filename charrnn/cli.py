@@ -9,14 +9,13 @@ lines print one line on stderr and exit 1 or 2; `--debug` shows the traceback in
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from charrnn import __version__
+from charrnn import __version__, jsonout
 from charrnn.errors import CharrnnError, Interrupted
 from charrnn.options import CORPUS, DURATION, FILES, OPTIONS, Option, resume_applies
 
@@ -188,7 +187,7 @@ def eval_(
     if not distributed.is_main_process():
         return  # under torchrun every rank scores its share; rank 0 reports
     if as_json:
-        print(json.dumps({name: row for name, row in rows}, indent=2))
+        print(jsonout.dumps({name: row for name, row in rows}, indent=2))
     else:
         from charrnn.display import console, eval_table
 
@@ -225,7 +224,7 @@ def score(
     )
     if as_json:
         for record in scores:
-            print(json.dumps(record.as_dict(), ensure_ascii=False))
+            print(jsonout.dumps(record.as_dict(), ensure_ascii=False))
     else:
         _console(160).print(scores_table(scores))
     if scores.total.unknown:
@@ -357,7 +356,7 @@ def _write_samples(made: Any, prime: str, as_json: bool, output: Optional[Path])
         document: dict[str, Any] = {"samples": records}
         if isinstance(made, Examples):
             document.update(counts=made.counts(), asked=made.asked, drawn=made.drawn)
-        body = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+        body = jsonout.dumps(document, ensure_ascii=False, indent=2) + "\n"
     if output is None:
         sys.stdout.write(body)
     else:
@@ -478,7 +477,7 @@ def runs_(
 
     rows = list_runs(directory, sort=sort)
     if as_json:
-        print(json.dumps([row.as_dict() for row in rows], indent=2))
+        print(jsonout.dumps([row.as_dict() for row in rows], indent=2))
     elif not rows:
         print(f"no runs in {directory}")
     else:
@@ -522,4 +521,4 @@ def viz(
     if term:
         print_term(expl)
     if as_json:
-        print(json.dumps(json_document(expl), ensure_ascii=False, allow_nan=False))
+        print(jsonout.dumps(json_document(expl), ensure_ascii=False))

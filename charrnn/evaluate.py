@@ -225,6 +225,8 @@ def _evaluate_run(
             raise CharrnnError("the run has no validation or test split: pass TEXT to evaluate on")
     rows = []
     for name, split, text in pieces:
+        if split.tokens.numel() < 2:  # no character to predict: refused, as `charrnn score` refuses it
+            raise CharrnnError(f"{name} is one token long, and the first token is predicted by nothing")
         result = evaluate(model, split, tokenizer, streams=streams, autocast=autocast, ranks=ranks)
         row: dict[str, Any] = result.as_dict()
         if baselines and ranks.is_main:

@@ -267,6 +267,8 @@ class Model:
         if not isinstance(streams, int) or streams < 1:
             raise CharrnnError(f"streams must be at least 1, got {streams!r}")
         split = encode_text(self.tokenizer, text)
+        if split.tokens.numel() < 2:  # no character to predict: refused, as `charrnn eval` and `score` refuse it
+            raise CharrnnError("the text is one token long, and the first token is predicted by nothing")
         return evaluate(self.torch_module(), split, self.tokenizer, streams=streams, autocast=self.uses_bf16())
 
     def score(self, text: str, *, top_k: int = 5, activations: bool = False) -> Score:

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from charrnn import jsonout
 from charrnn.checkpoint import BEST, LAST, LEGACY_BEST, LEGACY_LAST
 from charrnn.data.lines import LINES_FILE
 from charrnn.errors import CharrnnError
@@ -140,7 +141,7 @@ class RunDir:
 def _append(path: Path, record: dict[str, Any]) -> None:
     try:
         with open(path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(jsonout.dumps(record) + "\n")  # strict JSON: a NaN loss is null
     except OSError as exc:  # a line cut short is dropped by the next resume (trim_metrics)
         reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise CharrnnError(f"could not append to {path}: {reason}") from None
