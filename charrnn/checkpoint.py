@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from charrnn.checkpoint_checks import check_finite_weights, config_from, dtype_name, is_floating
 from charrnn.checkpoint_legacy import SUFFIX as LEGACY_SUFFIX
 from charrnn.checkpoint_legacy import is_legacy, read_legacy, unreadable
-from charrnn.config import ModelConfig, TrainConfig, from_dict
+from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.tokenizers import Tokenizer, tokenizer_from_state
 from charrnn.errors import CharrnnError
 from charrnn.files import atomic_write
@@ -179,8 +181,20 @@ def load_checkpoint(path: Path, *, arrays: bool = False) -> dict[str, Any]:
     if is_legacy(start):
         payload = read_legacy(path, arrays=arrays)
         _check_payload(path, payload)
-        return payload
-    return _read_safetensors(path, arrays=arrays)
+        cfg, _ = _named(path, lambda: _config_and_tokenizer(payload))  # what a format-2 header is checked for
+    else:
+        payload, cfg = _read_safetensors(path, arrays=arrays)
+    # After the read, in float32 as the model will hold them: the one check every reader gets.
+    check_finite_weights(path, payload["model"], weight_shapes(cfg))
+    return payload
+
+
+def _named(path: Path, check: Callable[[], Any]) -> Any:
+    """`check()`, its refusal naming the file."""
+    try:
+        return check()
+    except CharrnnError as exc:
+        raise CharrnnError(f"{path}: {exc}") from None
 
 
 def _check_payload(path: Path, payload: Any) -> None:
@@ -190,6 +204,8 @@ def _check_payload(path: Path, payload: Any) -> None:
     version = payload.get("format_version")
     if type(version) is not int:
         raise CharrnnError(f"{path} has no format version: not a charrnn checkpoint")
+    if version < 1:
+        raise CharrnnError(f"{path} has format version {version}, which no charrnn writes: not a charrnn checkpoint")
     if version > FORMAT_VERSION:
         raise CharrnnError(
             f"{path} was written by a newer charrnn (checkpoint format {version}; this one reads up to "
@@ -207,7 +223,7 @@ class _Header:
         self.shape, self.dtype = tuple(shape), dtype
 
 
-def _read_safetensors(path: Path, *, arrays: bool) -> dict[str, Any]:
+def _read_safetensors(path: Path, *, arrays: bool) -> tuple[dict[str, Any], ModelConfig]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -228,8 +244,9 @@ def _read_safetensors(path: Path, *, arrays: bool) -> dict[str, Any]:
             # The skeleton: tokenizer tensors read (small), every other tensor only its header.
             skeleton = _decode(document, lambda name: read(name) if name.startswith("tokenizer/") else headers[name])
             _check_payload(path, skeleton)
-            _config_and_tokenizer(skeleton, finite=False)  # a config claiming a huge model is refused here
-            return _decode(document, read)
+            # A config claiming a huge model is refused here, before its tensors are read.
+            cfg, _ = _named(path, lambda: _config_and_tokenizer(skeleton))
+            return _decode(document, read), cfg
     except SafetensorError as exc:
         raise unreadable(path, f"truncated or corrupt: {str(exc).strip()[:160]}") from None
     except OSError as exc:
@@ -291,13 +308,11 @@ def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _config_and_tokenizer(payload: dict[str, Any], *, finite: bool = True) -> tuple[ModelConfig, Tokenizer]:
+def _config_and_tokenizer(payload: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
     """The model config and tokenizer a checkpoint describes, and its weights checked against them:
-    every shape the config implies, nothing else, and (with `finite`) every value finite."""
-    try:
-        cfg = from_dict(ModelConfig, payload["model_config"])
-    except CharrnnError as exc:
-        raise CharrnnError(f"checkpoint has an invalid model config: {exc}") from None
+    every shape the config implies, of floating-point type, and nothing else. (Their values are
+    checked to be finite by `load_checkpoint`, once the data is read.)"""
+    cfg = config_from(ModelConfig, payload["model_config"], "model config")
     tokenizer = tokenizer_from_state(payload["tokenizer"])
     if tokenizer.vocab_size != cfg.vocab_size:
         raise CharrnnError(
@@ -316,13 +331,13 @@ def _config_and_tokenizer(payload: dict[str, Any], *, finite: bool = True) -> tu
             raise CharrnnError(
                 f"checkpoint weights do not match its model config: {key} should be {shape}, the file holds {described}"
             )
+        if not is_floating(weight):
+            raise CharrnnError(f"checkpoint weight {key} holds {dtype_name(weight)} values, not floating-point ones")
     extra = sorted(set(state) - set(expected))
     if extra:
         raise CharrnnError(
             f"checkpoint weights do not match its model config: unexpected key(s) {', '.join(map(str, extra))[:200]}"
         )
-    if finite and not all(_all_finite(state[key]) for key in expected):
-        raise CharrnnError("checkpoint holds non-finite (NaN or infinite) weights")
     return cfg, tokenizer
 
 
@@ -331,20 +346,10 @@ def _is_array(value: Any) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
-def _all_finite(value: Any) -> bool:
-    if type(value).__module__ == "numpy":
-        import numpy as np
-
-        return not np.issubdtype(value.dtype, np.floating) or bool(np.isfinite(value).all())
-    import torch
-
-    return not value.is_floating_point() or bool(torch.isfinite(value).all())
-
-
 def model_from_checkpoint(
     payload: dict[str, Any], device: torch.device | str = "cpu"
 ) -> tuple[RNNLanguageModel, Tokenizer]:
-    """Build the model and tokenizer a checkpoint describes and load its weights."""
+    """Build the model and tokenizer a checkpoint (as `load_checkpoint` gave it) describes and load its weights."""
     from charrnn.model import RNNLanguageModel
 
     cfg, tokenizer = _config_and_tokenizer(payload)
@@ -366,40 +371,139 @@ def arrays_from_checkpoint(payload: dict[str, Any]) -> tuple[ModelConfig, Tokeni
 
 
 def train_config_of(payload: dict[str, Any]) -> TrainConfig:
-    return from_dict(TrainConfig, payload.get("train_config") or {})
+    """A checkpoint's training config, each value checked to be of its type (the defaults where it has none)."""
+    return config_from(TrainConfig, payload.get("train_config") or {}, "train config")
 
 
 # --- format 1 -> format 2 ----------------------------------------------------------------------
 
 
-def convert(path: Path, out: Path | None = None) -> list[tuple[Path, Path]]:
+def convert(
+    path: Path, out: Path | None = None, *, note: Callable[[str], None] = lambda message: None
+) -> list[tuple[Path, Path]]:
     """Rewrite format-1 checkpoints as format 2: one OLD.pt as `out` (default: OLD.safetensors beside
-    it), or every .pt file of a run directory (into `out`, a directory, if given). The old files stay;
-    an existing target is never overwritten. Returns the (old, new) pairs written."""
+    it), or every .pt file of a run directory (into `out`, a directory, if given). The old files stay.
+
+    A run converts as one unit: every source is read and checked, and every new file written to a
+    temporary file, before any appears, and they appear together (`files.write_together`). An
+    existing target is never overwritten, with one exception that is no overwrite: a target that
+    already holds, byte for byte, what this conversion writes is what a conversion killed between
+    two files left, and the rest is finished, `note` saying so. Temporary files of a killed
+    conversion (`.NAME.PID.tmp` of a process that is gone) are removed. Returns the (old, new)
+    pairs written now."""
+    from charrnn import files
+
+    pairs = _conversion_pairs(path, out, note)
+    for _, target in pairs:
+        for stale in files.remove_stale_temps(target):
+            note(f"removed {stale}, left by a conversion or save that was killed")
+    converted = [_converted_bytes(_legacy_payload(source)) for source, _ in pairs]  # all checked first
+    todo, done = [], []
+    for (source, target), data in zip(pairs, converted):
+        if not os.path.lexists(target):
+            todo.append((source, target, data))
+        elif target.resolve() == source.resolve():
+            raise CharrnnError(f"{source} would be converted onto itself: name another target")
+        elif _holds(target, data):
+            done.append(target)
+        else:
+            raise CharrnnError(f"{target} already exists: remove it or name another target (nothing was converted)")
+    if done and todo:
+        names = ", ".join(str(t) for t in done)
+        note(f"finishing a conversion that was cut short: {names} already held its converted checkpoint")
+    elif done:
+        note(f"nothing to convert: {', '.join(str(t) for t in done)} already held the converted checkpoints")
+    made = _make_parents([target for _, target, _ in todo])
+    try:
+        files.write_together([(target, data) for _, target, data in todo])
+    except BaseException:
+        for directory in reversed(made):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+        raise
+    return [(source, target) for source, target, _ in todo]
+
+
+def _conversion_pairs(path: Path, out: Path | None, note: Callable[[str], None]) -> list[tuple[Path, Path]]:
+    """(format-1 file, its target) for each checkpoint file to convert; refuses what is not one."""
     if path.is_dir():
-        sources = sorted(path.glob("*" + LEGACY_SUFFIX))
+        entries = sorted(path.glob("*" + LEGACY_SUFFIX))
+        sources = [entry for entry in entries if entry.is_file()]
+        skipped = [entry.name for entry in entries if not entry.is_file()]
         if not sources:
-            raise CharrnnError(f"{path} holds no format-1 ({LEGACY_SUFFIX}) checkpoints to convert")
+            odd = f" ({', '.join(skipped)}: not a file)" if skipped else ""
+            raise CharrnnError(f"{path} holds no format-1 ({LEGACY_SUFFIX}) checkpoints to convert{odd}")
+        if skipped:
+            note(f"skipped {', '.join(skipped)} in {path}: not a file")
         pairs = [(source, (out or path) / source.with_suffix(SUFFIX).name) for source in sources]
-    elif path.exists():
-        pairs = [(path, out or path.with_suffix(SUFFIX))]
+    elif os.path.lexists(path):
+        if not path.exists():
+            raise CharrnnError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist")
+        if not path.is_file():
+            raise CharrnnError(f"{path} is not a regular file: nothing to convert")
+        target = out or path.with_suffix(SUFFIX)
+        if out is not None and out.is_dir():
+            target = out / path.with_suffix(SUFFIX).name
+        pairs = [(path, target)]
     else:
         raise CharrnnError(f"no such run or checkpoint: {path}")
-    for _, target in pairs:
-        if target.exists() or target.is_symlink():
-            raise CharrnnError(f"{target} already exists: remove it or name another target (nothing was converted)")
-    payloads = [_legacy_payload(source) for source, _ in pairs]  # all checked before anything is written
-    for (_, target), payload in zip(pairs, payloads):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(target, payload)
     return pairs
+
+
+def _converted_bytes(payload: dict[str, Any]) -> bytes:
+    """The format-2 file of a payload, exactly as `save_checkpoint` writes it."""
+    versioned = {k: v for k, v in payload.items() if k not in ("format", "format_version")}
+    return to_safetensors({"format": FORMAT, "format_version": FORMAT_VERSION, **versioned})
+
+
+def _holds(target: Path, data: bytes) -> bool:
+    """Whether `target` is a regular file (not a link) of exactly these bytes."""
+    try:
+        if not target.is_file() or target.is_symlink() or target.stat().st_size != len(data):
+            return False
+        return target.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _make_parents(targets: list[Path]) -> list[Path]:
+    """Create the missing directories the targets go into; returns those created, outermost first.
+    A parent that is a file is refused before anything is made."""
+    from charrnn.files import not_a_directory, os_error_reason
+
+    made: list[Path] = []
+    for target in targets:
+        if (blocker := not_a_directory(target)) is not None:
+            raise CharrnnError(f"cannot write {target}: {blocker} is not a directory (nothing was converted)")
+        missing = [p for p in reversed(target.parents) if not p.exists()]
+        for directory in missing:
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                for done in reversed(made):
+                    try:
+                        done.rmdir()
+                    except OSError:
+                        pass
+                reason = os_error_reason(exc, directory)
+                raise CharrnnError(f"cannot create {directory}: {reason} (nothing was converted)") from None
+            made.append(directory)
+    return made
 
 
 def _legacy_payload(path: Path) -> dict[str, Any]:
     """A format-1 checkpoint's payload, checked as `eval` would check it."""
-    with open(path, "rb") as handle:
-        if not is_legacy(handle.read(8)):
-            raise CharrnnError(f"{path} is not a format-1 (torch zip) checkpoint: nothing to convert")
-    payload = load_checkpoint(path)
-    _config_and_tokenizer(payload)
-    return payload
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(9)
+    except OSError as exc:
+        raise CharrnnError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not is_legacy(start):
+        if start[8:9] == b"{":  # a safetensors file: 8 bytes of header length, then its JSON
+            raise CharrnnError(f"{path} is already format 2 (safetensors): nothing to convert")
+        raise CharrnnError(f"{path} is not a format-1 (torch zip) checkpoint: nothing to convert")
+    return load_checkpoint(path)

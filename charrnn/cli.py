@@ -17,7 +17,7 @@ import typer
 
 from charrnn import __version__, jsonout
 from charrnn.errors import CharrnnError, Interrupted
-from charrnn.options import CORPUS, DURATION, FILES, OPTIONS, Option, resume_applies
+from charrnn.options import CORPUS, DURATION, FILES, OPTIONS, SIZE, Option, resume_applies
 
 if TYPE_CHECKING:
     from charrnn.runs import Run
@@ -59,7 +59,7 @@ def _root(
 
 # ----- train: its parameters come from the option table -----
 
-_CLI_TYPES: dict[Any, Any] = {FILES: list[str], DURATION: str}
+_CLI_TYPES: dict[Any, Any] = {FILES: list[str], DURATION: str, SIZE: str}
 
 
 def _escape(text: str) -> str:
@@ -151,7 +151,10 @@ def convert(
     """Rewrite charrnn 0.1 (.pt) checkpoints as .safetensors files; the old files stay."""
     from charrnn.checkpoint import convert as convert_checkpoints
 
-    for old, new in convert_checkpoints(path, out):
+    def note(message: str) -> None:
+        print(f"charrnn: note: {message}", file=sys.stderr)
+
+    for old, new in convert_checkpoints(path, out, note=note):
         print(f"{old} -> {new}")
 
 
@@ -197,7 +200,12 @@ def eval_(
 @app.command()
 def score(
     run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
-    text_file: Annotated[str, typer.Argument(help="Text to score, or - for standard input.", show_default=False)],
+    text_file: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="Text to score, or - for standard input (default: the run's validation text).", show_default=False
+        ),
+    ] = None,
     whole: Annotated[bool, typer.Option("--whole", help="One record for the whole text, not one per line.")] = False,
     sort: Annotated[bool, typer.Option("--sort", help="Lines by bits per character, highest first.")] = False,
     top: Annotated[
@@ -391,12 +399,30 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _untag_flags(command: Any) -> None:
+    """A flag takes no value, but typer's rich help gives it a type like any option (`--help
+    <bool>`), which reads as if it wanted one. An empty metavar leaves that column blank for
+    flags, in this command and every subcommand; options that take a value keep their type. A
+    repeatable option takes one value each time it is given: `--stop <str>`, not `<list[str]>`."""
+    ctx = typer.Context(command)
+    for param in command.get_params(ctx):  # --help included
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif getattr(param, "multiple", False) and hasattr(param, "display_type"):  # typer >= 0.22
+            label = param.display_type(ctx)
+            if label.startswith("<list[") and label.endswith("]>"):
+                param.metavar = f"<{label[6:-2]}>"
+    for sub in getattr(command, "commands", {}).values():
+        _untag_flags(sub)
+
+
 def main(argv: list[str] | None = None) -> None:
     global _argv
     _argv = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
     for sub in getattr(command, "commands", {}).values():
         sub.callback = _quiet_when_the_reader_leaves(sub.callback)
+    _untag_flags(command)
     try:
         code = command.main(args=argv, prog_name="charrnn", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
@@ -411,8 +437,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(0)
         if _debug:
             raise
-        where = f"{exc.ctx.command_path}: " if exc.ctx else ""
-        _fail(f"{where}{exc.format_message()} (see --help)", 2)
+        # _fail says "charrnn: error:" already; the command whose help to read goes at the end
+        path = exc.ctx.command_path if exc.ctx else "charrnn"
+        _fail(f"{exc.format_message().rstrip('.')} (see {path} --help)", 2)
     except ClickException as exc:
         _fail(exc.format_message(), exc.exit_code or 1)
     except CharrnnError as exc:
@@ -500,6 +527,13 @@ def viz(
     term: Annotated[
         bool, typer.Option("--term", help="Print the text coloured by surprisal instead of a page.")
     ] = False,
+    color: Annotated[
+        str,
+        typer.Option(
+            help="--term: auto (colour on a terminal, unless NO_COLOR), always (for less -R), or never "
+            "(a line of marks under the text shows what each character cost)."
+        ),
+    ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the per-character records as JSON instead.")] = False,
     max_chars: Annotated[int, typer.Option(help="Explain the first N characters of the text.")] = 5000,
     encoding: Annotated[str, typer.Option(help="Encoding of TEXT_FILE.")] = "utf-8",
@@ -507,8 +541,10 @@ def viz(
 ) -> None:
     """Show what each character of a text cost the model, and what its units track, on one HTML page."""
     from charrnn.viz import check_output, default_page, explain_run, json_document, write_page
-    from charrnn.viz.term import print_term
+    from charrnn.viz.term import COLOR_CHOICES, print_term
 
+    if color not in COLOR_CHOICES:
+        raise CharrnnError(f"--color must be one of {', '.join(COLOR_CHOICES)}, got {color!r}")
     if term and as_json:
         raise CharrnnError("--term and --json both print to standard output: choose one")
     page = html if html is not None or term or as_json else default_page(run)
@@ -519,6 +555,6 @@ def viz(
         write_page(expl, page)
         print(f"wrote {page}: open it in a browser", file=sys.stderr if as_json else sys.stdout)
     if term:
-        print_term(expl)
+        print_term(expl, color=color)
     if as_json:
         print(jsonout.dumps(json_document(expl), ensure_ascii=False))

@@ -2,7 +2,8 @@
 
 The y axis is bits per character for both curves, so runs with different tokenizers compare:
 the train loss is logged per token and divided by the run's characters per token; the
-validation loss is already per character. The legend gives the same figures in nats. The best
+validation loss is already per character. The legend gives its figures in the axis's unit, bits
+per character, and nothing else (one unit throughout: figure, terminal, docs). The best
 validation point of each run is starred, and where a run recorded them, what gzip and xz reach
 on its validation text are dashed lines: a model above them has learnt less than a compressor.
 
@@ -32,6 +33,7 @@ SIZE_INCHES, DPI = (9.6, 6.0), 100  # a 960 x 600 PNG
 CURVES_FILE = "curves.png"
 REFERENCES = ("gzip", "xz")  # the compressors drawn as reference lines
 LN2 = math.log(2)
+UNIT = "bits/char"  # of the axis and of every figure in the legend
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,14 @@ def _replace(path: Path, write: Callable[[Any], None]) -> None:
             write(handle)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CharrnnError(f"could not write {path}: {exc.strerror or exc}") from None
+        from charrnn.files import discard, os_error_reason
+
+        discard(tmp)  # a clean-up that fails (read-only file system) must not hide why
+        raise CharrnnError(f"could not write {path}: {os_error_reason(exc, path)}") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        from charrnn.files import discard
+
+        discard(tmp)
         raise
 
 
@@ -220,13 +226,12 @@ def _draw_run(axes: Axes, run: Curves, color: str, scale: float, *, named: bool)
     """Train thin and pale, validation bold with a dot per evaluation, a star at the best one."""
     prefix = f"{run.name}: " if named else ""
     if run.train_bits:
-        last = run.train_bits[-1] * LN2
-        label = f"{prefix}train (last {last:.3f} nats/char)"
+        label = f"{prefix}train (last {run.train_bits[-1]:.3f} {UNIT})"
         axes.plot([v / scale for v in run.train_x], run.train_bits, color=color, alpha=0.45, linewidth=1, label=label)
     if run.best is None:
         return
     best_x, best_bits = run.best[0] / scale, run.best[1]
-    label = f"{prefix}validation (best {best_bits * LN2:.3f} nats/char = {best_bits:.3f} bits)"
+    label = f"{prefix}validation (best {best_bits:.3f} {UNIT})"
     axes.plot(
         [v / scale for v in run.val_x], run.val_bits, color=color, linewidth=2, marker="o", markersize=3, label=label
     )
@@ -245,5 +250,5 @@ def _draw_baselines(axes: Axes, curves: Sequence[Curves]) -> None:
             owner = "" if shared else f"{run.name}: "
             bits = run.baselines[name]
             color = "0.35" if shared else f"C{i % 10}"
-            label = f"{owner}{name} on the validation text ({bits * LN2:.3f} nats/char)"
+            label = f"{owner}{name} on the validation text ({bits:.3f} {UNIT})"
             axes.axhline(bits, color=color, linestyle=(0, dashes), linewidth=1.2, label=label)

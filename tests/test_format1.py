@@ -77,20 +77,23 @@ def test_convert_keeps_the_numbers_and_the_old_files(converted: Path) -> None:
 
 
 def test_convert_never_overwrites(converted: Path) -> None:
-    """Converting again refuses, naming the target that exists, and writes nothing."""
+    """Converting again writes nothing: targets that already hold the conversion are left as they
+    are (issue 19, item 14: a rerun finishes a conversion cut short), any other is refused, named."""
     before = (converted / "best.safetensors").read_bytes()
-    with pytest.raises(CharrnnError, match="best.safetensors already exists"):
-        convert(converted)
+    assert convert(converted) == []
     with pytest.raises(CharrnnError, match="already exists"):
         convert(converted / "last.pt", converted / "best.safetensors")
     assert (converted / "best.safetensors").read_bytes() == before
-    done = charrnn("convert", str(converted / "best.pt"))
+    done = charrnn("convert", str(converted / "last.pt"), str(converted / "best.safetensors"))
     assert done.returncode == 1 and done.stderr.startswith("charrnn: error: ") and done.stderr.count("\n") == 1
 
 
 def test_convert_refuses_what_is_not_format1(converted: Path, tmp_path: Path) -> None:
-    with pytest.raises(CharrnnError, match="not a format-1"):
+    with pytest.raises(CharrnnError, match="is already format 2"):
         convert(converted / "best.safetensors", tmp_path / "again.safetensors")
+    (tmp_path / "text.pt").write_text("not a checkpoint at all")
+    with pytest.raises(CharrnnError, match="not a format-1"):
+        convert(tmp_path / "text.pt")
     empty = tmp_path / "empty-run"
     empty.mkdir()
     with pytest.raises(CharrnnError, match="no format-1"):
