@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from charrnn.arguments import flag, integer, strings
 from charrnn.config import ModelConfig
 from charrnn.data.tokenizers import Tokenizer
 from charrnn.errors import CharrnnError
@@ -58,7 +59,10 @@ def load(path: str | os.PathLike[str] | _HasPath, device: str = "auto") -> Model
     cpu, cuda, cuda:N or mps. A missing, damaged or hostile file is a CharrnnError, raised here."""
     from charrnn.checkpoint import arrays_from_checkpoint, load_checkpoint, resolve_checkpoint
 
-    file = resolve_checkpoint(Path(getattr(path, "path", path)))
+    where = getattr(path, "path", path)
+    if not isinstance(where, str | os.PathLike):
+        raise CharrnnError(f"the path must be a str or a path, got {type(where).__name__}")
+    file = resolve_checkpoint(Path(where))
     payload = load_checkpoint(file, arrays=True)
     config, tokenizer, weights = arrays_from_checkpoint(payload)
     model = Model(file, str(device), config, tokenizer, weights, payload)
@@ -176,15 +180,17 @@ class Model:
 
         if not self.lines:
             raise CharrnnError(f"{self.path} was not trained with --lines: it has no examples to draw, only text")
-        if not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+        n = integer("the number of examples", n)
+        if not 1 <= n <= MAX_SAMPLES:
             raise CharrnnError(f"the number of examples must be in 1..{MAX_SAMPLES}, got {n!r}")
         if not isinstance(prime, str) or "\n" in prime:
             raise CharrnnError("the prime of an example must be a str without a line break: it starts one line")
-        if length is not None and (not isinstance(length, int) or length < 1):
+        if length is not None and integer("--length", length) < 1:
             raise CharrnnError(f"the length of an example must be at least 1 character, got {length!r}")
+        unique, novel = flag("--unique", unique), flag("--novel", novel)
         sets = self.line_sets(required=novel)
         cap = length or (max(100, 2 * sets.longest) if sets else 500)
-        stops = ("\n", *((stop,) if isinstance(stop, str) else tuple(stop or ())))
+        stops = ("\n", *strings("--stop", stop))
 
         def generate(count: int, round_seed: int | None) -> list[str]:
             # Primed with a line break, so the model starts a fresh example; cap + 1 tells a cut one.
@@ -224,7 +230,7 @@ class Model:
         callback (or None) generates."""
         if not isinstance(prime, str):
             raise CharrnnError(f"the prime must be a str, got {type(prime).__name__}")
-        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        stops = strings("--stop", stop)
         settings = SampleSettings(
             length=length,
             temperature=temperature,
@@ -264,11 +270,9 @@ class Model:
         from charrnn.evaluate import evaluate
 
         _check_text(text)
-        if not isinstance(streams, int) or streams < 1:
-            raise CharrnnError(f"streams must be at least 1, got {streams!r}")
+        if integer("--streams", streams) < 1:
+            raise CharrnnError(f"--streams must be at least 1, got {streams!r}")
         split = encode_text(self.tokenizer, text)
-        if split.tokens.numel() < 2:  # no character to predict: refused, as `charrnn eval` and `score` refuse it
-            raise CharrnnError("the text is one token long, and the first token is predicted by nothing")
         return evaluate(self.torch_module(), split, self.tokenizer, streams=streams, autocast=self.uses_bf16())
 
     def score(self, text: str, *, top_k: int = 5, activations: bool = False) -> Score:
@@ -278,8 +282,9 @@ class Model:
         from charrnn.score import score_text
 
         _check_text(text)
-        if not isinstance(top_k, int) or top_k < 0:
+        if integer("top_k", top_k) < 0:
             raise CharrnnError(f"top_k must be >= 0, got {top_k!r}")
+        activations = flag("activations", activations)
         return score_text(
             self.torch_module(), self.tokenizer, text, top_k=top_k, activations=activations, autocast=self.uses_bf16()
         )

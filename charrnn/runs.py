@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from charrnn import options as table
+from charrnn.arguments import flag
 from charrnn.config import ModelConfig, TrainConfig, preset_settings
 from charrnn.errors import CharrnnError
 from charrnn.rundir import RunDir
@@ -50,7 +51,9 @@ class Run:
     options: dict[str, Any] = field(default_factory=dict, repr=False)  # this call's options, defaults filled in
 
     def __post_init__(self) -> None:
-        self.path = Path(self.path)
+        if self.path is None:
+            raise CharrnnError("a Run needs the path of its directory, got None")
+        self.path = table.check_value(table.BY_NAME["run"], self.path, "the run's path")
 
     @property
     def best(self) -> Path | None:
@@ -108,6 +111,10 @@ def train(
     if isinstance(options.get("init_from"), Run):
         options["init_from"] = options["init_from"].path
     given = table.check_options(options)
+    run = table.check_value(table.BY_NAME["run"], run, "run")  # its keywords, checked as the options are
+    if not isinstance(resume, bool):
+        resume = table.check_value(table.BY_NAME["resume"], resume, "resume")
+    flag("handle_signals", handle_signals)
     if "config" in given:
         from_file = table.read_config(given.pop("config"))
         file_corpus, file_run = from_file.pop("corpus", None), from_file.pop("run", None)
@@ -143,6 +150,7 @@ def _report(progress: bool | Report, quiet: bool) -> Report:
 
     if isinstance(progress, Report):
         return progress
+    flag("progress", progress)
     if progress and not quiet and distributed.is_main_process():  # under torchrun only rank 0 reports
         from charrnn.display import train_report
 

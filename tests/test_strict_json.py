@@ -87,8 +87,6 @@ def test_eval_and_score_both_refuse_a_text_with_nothing_to_predict(
         code, out, err = in_process(capsys, *command, "--device", "cpu")
         assert (code, out) == (1, "")
         assert err.count("\n") == 1 and "the first token is predicted by nothing" in err
-    with pytest.raises(charrnn.CharrnnError, match="predicted by nothing"):
-        charrnn.load(run, device="cpu").evaluate("a")
 
 
 def test_score_json_is_strict(capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from charrnn.arguments import integer, number, strings
 from charrnn.errors import CharrnnError
 
 MAX_LENGTH = 100_000_000
@@ -27,6 +28,18 @@ class SampleSettings:
     stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        # Types first, with the flags' names (a Python caller may pass anything); then the ranges.
+        typed = {
+            "length": integer("--length", self.length),
+            "temperature": number("--temperature", self.temperature),
+            "top_k": integer("--top-k", self.top_k),
+            "top_p": number("--top-p", self.top_p),
+            "seed": None if self.seed is None else integer("--seed", self.seed),
+            "num_samples": integer("--num-samples", self.num_samples),
+            "stop": strings("--stop", self.stop),
+        }
+        for name, value in typed.items():
+            object.__setattr__(self, name, value)
         if not 0 <= self.length <= MAX_LENGTH:
             raise CharrnnError(f"--length must be in 0..{MAX_LENGTH:,}, got {self.length:,}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
