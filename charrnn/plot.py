@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from charrnn.errors import CharrnnError
-from charrnn.runlog import RunLog, read_run
+from charrnn.runlog import RunLog, finite, read_run
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -89,7 +89,7 @@ def _x_reader(log: RunLog, x: str, per_token: float | None) -> Callable[[dict[st
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return finite(value)
 
 
 def output_format(output: Path) -> str:
@@ -102,21 +102,40 @@ def output_format(output: Path) -> str:
     return fmt
 
 
-def load_curves(runs: Sequence[Path], x: str = "step") -> list[Curves]:
-    """Every run's curves; refuses a run that cannot be read, and runs with nothing to draw."""
+def load_curves(
+    runs: Sequence[Path], x: str = "step", *, on_skip: Callable[[Path, str], None] | None = None
+) -> list[Curves]:
+    """Every run's curves; refuses runs with nothing to draw. A run that cannot be read is refused
+    too, or, given `on_skip`, left out and passed to it with the reason (unless no run can be read:
+    then that is one error, with every reason)."""
     if not runs:
         raise CharrnnError("no run to plot")
-    curves = [curves_of(read_run(run), x) for run in runs]
+    if x not in X_AXES:
+        raise CharrnnError(f"--x must be one of {', '.join(X_AXES)}, got {x!r}")
+    curves, skipped = [], []
+    for run in runs:
+        try:
+            curves.append(curves_of(read_run(run), x))
+        except CharrnnError as exc:
+            if on_skip is None:
+                raise
+            skipped.append((run, str(exc)))
+    if not curves:
+        raise CharrnnError("; ".join(reason for _, reason in skipped))
+    for run, reason in skipped:
+        on_skip(run, reason)  # type: ignore[misc]
     if not any(c.train_bits or c.val_bits for c in curves):
         raise CharrnnError("no losses to draw: the runs' records hold no finite train or validation loss")
     return curves
 
 
-def plot_runs(runs: Sequence[Path], output: Path, *, x: str = "step") -> Path:
+def plot_runs(
+    runs: Sequence[Path], output: Path, *, x: str = "step", on_skip: Callable[[Path, str], None] | None = None
+) -> Path:
     """Draw the curves of `runs` into `output` (.png, .svg or .pdf); every run is read and
-    checked before anything is written."""
+    checked before anything is written (`on_skip`: as in `load_curves`)."""
     fmt = output_format(output)
-    figure = draw_figure(load_curves(runs, x), x)
+    figure = draw_figure(load_curves(runs, x, on_skip=on_skip), x)
     _replace(output, lambda handle: figure.savefig(handle, format=fmt, dpi=DPI))
     return output
 

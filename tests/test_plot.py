@@ -92,15 +92,22 @@ def test_the_file_name_chooses_the_format(tmp_path: Path, suffix: str, magic: by
     assert out.read_bytes().startswith(magic)
 
 
-def test_the_y_axis_is_bits_per_character_and_the_legend_gives_nats(tmp_path: Path) -> None:
+def test_the_y_axis_and_every_legend_figure_are_in_bits_per_character(tmp_path: Path) -> None:
+    # issue 18 item 7: the legend gave nats ("train (last 1.705 nats/char)") beside an axis in bits.
     run = write_run(tmp_path / "run", floor=1.0)
-    figure = draw_figure([curves_of(read_run(run))], "step")
+    figure = draw_figure([curves_of(read_run(run))], "step")  # the one figure PNG, SVG and PDF are drawn from
     axes = figure.axes[0]
     labels = axes.get_legend_handles_labels()[1]
-    best_nats = min(json.loads(line).get("val_loss", 99) for line in (run / "metrics.jsonl").read_text().splitlines())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best_bits = min(r.get("val_loss", 99) for r in records) / math.log(2)
+    last_bits = records[-1]["train_loss"] / math.log(2)
     assert axes.get_ylabel() == "bits per character"
-    assert f"validation (best {best_nats:.3f} nats/char = {best_nats / math.log(2):.3f} bits)" in labels
-    assert any(label.startswith("train (last") and "nats/char" in label for label in labels)
+    assert labels == [
+        f"train (last {last_bits:.3f} bits/char)",
+        f"validation (best {best_bits:.3f} bits/char)",
+        f"gzip on the validation text ({BASELINES['gzip']:.3f} bits/char)",
+        f"xz on the validation text ({BASELINES['xz']:.3f} bits/char)",
+    ]
 
 
 def test_gzip_and_xz_are_dashed_reference_lines_at_their_bits_per_character(tmp_path: Path) -> None:
@@ -159,6 +166,42 @@ def test_term_draws_the_curves_as_text_and_writes_no_file(
     assert "*" in out  # the best points
     assert "\x1b[" not in out  # no colour codes when stdout is not a terminal
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_term_gives_bits_per_character_only_and_tells_gzip_from_xz_without_colour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 18 item 7: --term gave nats in its legend and drew gzip and xz with the same glyph.
+    from charrnn.termplot import REFERENCE_PATTERNS, sample
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = in_process(capsys, "plot", str(write_run(tmp_path / "run")), "--term")
+    assert (code, err) == (0, "")
+    assert "nats" not in out and "\x1b[" not in out
+    gzip, xz = (sample(REFERENCE_PATTERNS[name]) for name in ("gzip", "xz"))
+    assert gzip != xz  # the legend's keys are drawn by the canvas, as the lines are
+    lines = out.splitlines()
+    assert [line for line in lines if "validation text" in line] == [
+        f"{gzip} gzip on the validation text ({BASELINES['gzip']:.3f} bits/char)",
+        f"{xz} xz on the validation text ({BASELINES['xz']:.3f} bits/char)",
+    ]
+    rows = [line for line in lines if "│" in line or "┤" in line]
+    assert [sum(name in row for row in rows) for name in ("gzip", "xz")] == [1, 1]  # each line named on the plot
+    assert "train (last" in out and "bits/char)" in out and "validation (best" in out
+
+
+def test_term_gives_each_of_several_runs_its_own_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 18 item 7: without colour (a pipe) two runs' curves looked the same.
+    monkeypatch.chdir(tmp_path)
+    runs = [str(write_run(tmp_path / name, floor=floor)) for name, floor in (("a", 1.0), ("b", 2.0))]
+    code, out, err = in_process(capsys, "plot", *runs, "--term")
+    assert (code, err) == (0, "")
+    assert "a: validation (best" in out and out.split("a: validation (best")[1].split("\n")[0].endswith("*)")
+    assert out.split("b: validation (best")[1].split("\n")[0].endswith("+)")
+    canvas = "".join(line for line in out.splitlines() if "│" in line or "┤" in line)
+    assert "*" in canvas and "+" in canvas
 
 
 def _no_metrics(run: Path) -> None:
