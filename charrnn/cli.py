@@ -138,7 +138,7 @@ app.command()(train)
 @app.command()
 def convert(
     path: Annotated[
-        Path, typer.Argument(help="A charrnn 0.1 checkpoint (.pt), or a run directory: all its .pt files.")
+        Path, typer.Argument(help="A format-1 checkpoint (.pt), or a run directory: all its .pt files.")
     ],
     out: Annotated[
         Optional[Path],
@@ -148,7 +148,7 @@ def convert(
         ),
     ] = None,
 ) -> None:
-    """Rewrite charrnn 0.1 (.pt) checkpoints as .safetensors files; the old files stay."""
+    """Rewrite format-1 (.pt) checkpoints as format-2 .safetensors files; the old files stay."""
     from charrnn.checkpoint import convert as convert_checkpoints
 
     def note(message: str) -> None:
@@ -480,17 +480,29 @@ def plot(
     x: Annotated[str, typer.Option("--x", help="x axis: step, time, or chars (characters trained on).")] = "step",
     term: Annotated[bool, typer.Option("--term", help="Draw the curves in the terminal.")] = False,
 ) -> None:
-    """Draw the train and validation loss of runs in bits per character, with gzip and xz for reference."""
-    from charrnn.plot import load_curves, plot_runs
+    """Draw the train and validation loss of runs in bits per character, with gzip and xz for reference.
+
+    A run that cannot be read is left out, named on stderr; only if none can be read is it an error.
+    """
+    from charrnn.plot import load_curves, output_format, plot_runs
+
+    said: set[Path] = set()
+
+    def skip(run: Path, reason: str) -> None:
+        if run not in said:  # --term with --output reads the runs twice: say it once
+            said.add(run)
+            print(f"charrnn: note: left out {run}: {reason}", file=sys.stderr)
 
     if term:
         from charrnn.termplot import terminal_figure
 
+        if output is not None:
+            output_format(output)  # refused before anything is drawn
         console = _console(100)
-        console.print(terminal_figure(load_curves(runs, x), x, width=min(console.width, 120), height=20))
+        console.print(terminal_figure(load_curves(runs, x, on_skip=skip), x, width=min(console.width, 120), height=20))
         if output is None:
             return
-    print(f"wrote {plot_runs(runs, output or Path('curves.png'), x=x)}")
+    print(f"wrote {plot_runs(runs, output or Path('curves.png'), x=x, on_skip=skip)}")
 
 
 @app.command("runs")

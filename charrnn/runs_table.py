@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from charrnn.errors import CharrnnError
-from charrnn.runlog import CONFIG, LOCK, RunLog, read_run
+from charrnn.runlog import CONFIG, LOCK, RunLog, finite, read_run
 
 SORTS = ("val", "created", "name", "steps")
 LN2 = math.log(2)
@@ -50,8 +50,8 @@ class RunRow:
 def lock_held(run: Path) -> bool:
     """Whether a `charrnn train` holds the run's lock: a non-blocking shared flock is refused.
     (Held for microseconds, it could make a `train` starting at that instant report the run busy.)"""
-    try:
-        fd = os.open(run / LOCK, os.O_RDONLY)
+    try:  # O_NONBLOCK: a named pipe put where the lock goes must not hang the listing
+        fd = os.open(run / LOCK, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False  # no lock file: never trained here, or tidied away
     try:
@@ -67,7 +67,7 @@ def lock_held(run: Path) -> bool:
 
 def _status(log: RunLog) -> tuple[str, str | None]:
     if lock_held(log.path):
-        holder = (log.path / LOCK).read_text(errors="replace").strip()
+        holder = _lock_holder(log.path)
         return "running", f"pid {holder}" if holder else None
     stop = log.records[-1].get("stop") if log.records else None
     if stop is None and log.records and not any("stop" in r for r in log.records):
@@ -79,14 +79,24 @@ def _status(log: RunLog) -> tuple[str, str | None]:
     return "stopped", stop if isinstance(stop, str) else None
 
 
+def _lock_holder(run: Path) -> str | None:
+    """The pid RunDir wrote into the lock file (a few bytes; more is no pid)."""
+    try:
+        with open(run / LOCK, "rb") as handle:
+            text = handle.read(32).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return text if text.isdigit() else None
+
+
 def _parameters(config: dict[str, Any]) -> int | None:
     from charrnn.checkpoint import weight_shapes
     from charrnn.config import ModelConfig, from_dict
 
     try:
         shapes = weight_shapes(from_dict(ModelConfig, config.get("model")))
-    except (CharrnnError, KeyError, TypeError):
-        return None
+    except (CharrnnError, KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError):
+        return None  # a model config that does not check out has no parameter count
     return sum(math.prod(shape) for shape in shapes.values())
 
 
@@ -102,12 +112,14 @@ def _created(log: RunLog) -> str | None:
 
 
 def run_row(path: Path) -> RunRow:
-    """The row of one run directory; a run whose config cannot be read is a row saying so."""
+    """The row of one run directory; a run whose config or metrics cannot be read is a row saying so."""
     try:
         log = read_run(path, strict=False)
     except CharrnnError as exc:
-        return RunRow(path.name, str(path), None, [], None, None, None, 0, None, None, "unreadable", str(exc))
+        reason = str(exc).replace(f"{path}{os.sep}", "")  # the row names the run: its files need no path
+        return RunRow(path.name, str(path), None, [], None, None, None, 0, None, None, "unreadable", reason)
     last = log.records[-1] if log.records else {}
+    time_s = last.get("time")
     best = log.best_val()
     train, model, corpus = log.config.get("train", {}), log.config.get("model", {}), log.config.get("corpus", {})
     status, reason = _status(log)
@@ -120,7 +132,7 @@ def run_row(path: Path) -> RunRow:
         vocab_size=model.get("vocab_size") if isinstance(model, dict) else None,
         parameters=_parameters(log.config),
         steps=int(last.get("step", 0)),
-        time_s=last.get("time"),
+        time_s=float(time_s) if finite(time_s) else None,
         best_val_bits_per_char=best["val_loss"] / LN2 if best else None,
         status=status,
         reason=reason,
@@ -137,7 +149,8 @@ def list_runs(directory: Path, *, sort: str = "val") -> list[RunRow]:
     if (directory / CONFIG).is_file():
         paths = [directory]
     else:
-        paths = [p for p in sorted(directory.iterdir()) if p.is_dir() and (p / CONFIG).is_file()]
+        # A config.json that is no regular file is listed, as unreadable: it is a run, damaged.
+        paths = [p for p in sorted(directory.iterdir()) if p.is_dir() and os.path.lexists(p / CONFIG)]
     rows = [run_row(p) for p in paths]
     keys = {
         "val": lambda r: (r.best_val_bits_per_char is None, r.best_val_bits_per_char or 0.0, r.name),
@@ -152,7 +165,7 @@ def _negated_time(created: str | None) -> float:
     """Newest first: minus the timestamp."""
     try:
         return -datetime.fromisoformat(created).timestamp() if created else 0.0
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return 0.0
 
 
@@ -200,7 +213,8 @@ def runs_table(rows: list[RunRow], title: str) -> Table:
     table = Table(title=Text(title), title_justify="left")
     for column in COLUMNS:
         numeric = column in ("params", "steps", "time", "best val bpc")
-        table.add_column(column, justify="right" if numeric else "left", no_wrap=column != "corpus")
+        wraps = column in ("corpus", "status")  # a long reason wraps rather than squeeze the numbers
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=not wraps)
     for row in rows:
         table.add_row(*map(Text, _cells(row)), style=STYLES.get(row.status))  # names are never markup
     return table

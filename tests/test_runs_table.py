@@ -185,3 +185,158 @@ def test_a_run_of_charrnn_0_1_at_its_step_budget_is_finished() -> None:
     row = run_row(Path(__file__).parent / "fixtures" / "format1")
     assert (row.status, row.reason, row.steps) == ("finished", "step budget reached", 40)
     assert row.parameters is not None and row.best_val_bits_per_char is not None
+
+
+# ----- hostile run directories (issue 19, item 12): each a row saying so, the others listed -----
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def _config(run: Path, **changes: Any) -> None:
+    config = json.loads((run / "config.json").read_text())
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition("__")
+        if key:
+            config[section][key] = value
+        else:
+            config[section] = value
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _replace(run: Path, name: str, make: Any) -> None:
+    (run / name).unlink()
+    make(run / name)
+
+
+HOSTILE_CONFIGS: dict[str, tuple[Any, str]] = {
+    "nested 100,000 deep": (lambda r: (r / "config.json").write_text(DEEP), "nested too deeply"),
+    "a value nested 100,000 deep": (
+        lambda r: (r / "config.json").write_text('{"model": ' + DEEP + "}"),
+        "nested too deeply",
+    ),
+    "train is a string": (lambda r: _config(r, train="x"), '"train" is not an object'),
+    "train is null": (lambda r: _config(r, train=None), '"train" is not an object'),
+    "model is a list": (lambda r: _config(r, model=[1, 2]), '"model" is not an object'),
+    "corpus.files is 5": (lambda r: _config(r, corpus__files=5), '"corpus.files" is not a list'),
+    "corpus.files holds a number": (lambda r: _config(r, corpus__files=["a", 5]), '"corpus.files" is not a list'),
+    "the tokenizer is a list": (lambda r: _config(r, train__tokenizer=["char"]), '"train.tokenizer" is not'),
+    "vocab_size is a string": (lambda r: _config(r, model__vocab_size="65"), '"model.vocab_size" is not a whole'),
+    "vocab_size is a float": (lambda r: _config(r, model__vocab_size=65.0), '"model.vocab_size" is not a whole'),
+    "baselines is a string": (lambda r: _config(r, baselines="x"), '"baselines" is not an object'),
+    "created is a number": (lambda r: _config(r, created=5), '"created" is not a date'),
+    "config is a list": (lambda r: (r / "config.json").write_text("[1, 2]"), "not a JSON object"),
+    "config is null": (lambda r: (r / "config.json").write_text("null"), "not a JSON object"),
+    "config is binary": (lambda r: (r / "config.json").write_bytes(bytes(range(256)) * 4), "cannot read"),
+    "config is a directory": (lambda r: _replace(r, "config.json", Path.mkdir), "is not a regular file"),
+    "config links to /dev/zero": (
+        lambda r: _replace(r, "config.json", lambda p: p.symlink_to("/dev/zero")),
+        "is not a regular file",
+    ),
+    "config is a named pipe": (lambda r: _replace(r, "config.json", os.mkfifo), "is not a regular file"),
+    "config is 65 MiB": (lambda r: os.truncate(r / "config.json", 65 << 20), "larger than 64 MiB"),
+    "metrics is a directory": (lambda r: _replace(r, "metrics.jsonl", Path.mkdir), "is not a regular file"),
+    "metrics links to /dev/zero": (
+        lambda r: _replace(r, "metrics.jsonl", lambda p: p.symlink_to("/dev/zero")),
+        "is not a regular file",
+    ),
+    "metrics is a named pipe": (lambda r: _replace(r, "metrics.jsonl", os.mkfifo), "is not a regular file"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_CONFIGS, ids=list(HOSTILE_CONFIGS))
+def test_a_bad_run_is_a_row_marked_unreadable_with_the_reason_and_the_others_are_listed(
+    runs: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    """Old code: `charrnn runs` failed as a whole (RecursionError, AttributeError, TypeError), or hung."""
+    spoil, reason = HOSTILE_CONFIGS[case]
+    spoil(runs / "slow")
+    code, out, err = in_process(capsys, "runs", str(runs), "--json", "--sort", "name")
+    assert (code, err) == (0, "")
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert list(rows) == ["good", "killed", "slow", "unscored"]
+    assert rows["slow"]["status"] == "unreadable" and reason in rows["slow"]["reason"], rows["slow"]
+    assert rows["good"]["status"] == "stopped" and rows["good"]["best_val_bits_per_char"] is not None
+    code, out, err = in_process(capsys, "runs", str(runs))
+    assert (code, err) == (0, "") and "unreadable" in out and "good" in out
+
+
+HOSTILE_METRICS: dict[str, str] = {
+    "a line nested 100,000 deep": DEEP + "\n",
+    "binary garbage": "\udcff".join(["\x00\x01", "\x7f"]) + "\n",
+    "a step beyond 2^63": '{"step": ' + "9" * 400 + "}\n",
+    "a step that is true": '{"step": true}\n',
+    "a val_loss beyond a float": '{"step": 50, "val_loss": ' + "9" * 400 + ', "time": ' + "9" * 400 + "}\n",
+    "an infinite time": '{"step": 50, "time": Infinity, "val_loss": NaN}\n',
+    "a time that is a string": '{"step": 50, "time": "x"}\n',
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_METRICS, ids=list(HOSTILE_METRICS))
+def test_a_bad_metrics_line_ends_what_the_row_reads_and_lists_the_rest(
+    runs: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    with open(runs / "good" / "metrics.jsonl", "ab") as handle:
+        handle.write(HOSTILE_METRICS[case].encode("utf-8", "surrogateescape"))
+    code, out, err = in_process(capsys, "runs", str(runs), "--json")
+    assert (code, err) == (0, "")
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert len(rows) == 4 and rows["good"]["steps"] in (30, 50)
+    assert rows["good"]["best_val_bits_per_char"] == pytest.approx(1.1 / math.log(2))
+    assert rows["good"]["time_s"] is None or math.isfinite(rows["good"]["time_s"])
+
+
+def test_a_lock_that_is_a_named_pipe_does_not_hang_the_listing(runs: Path) -> None:
+    os.mkfifo(runs / "good" / ".lock")
+    assert run_row(runs / "good").status == "stopped"
+
+
+def test_a_run_directory_that_is_a_file(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (runs / "a-file").write_text("not a run")
+    assert [row.name for row in list_runs(runs)] == ["good", "killed", "slow", "unscored"]
+    code, _, err = in_process(capsys, "runs", str(runs / "a-file"))
+    assert code == 1 and err == f"charrnn: error: no directory {runs / 'a-file'}\n"
+
+
+# ----- plot reads what it can, names what it cannot -----
+
+
+def test_plot_leaves_out_a_run_it_cannot_read_and_names_it(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _config(runs / "slow", train="x")
+    (runs / "killed" / "metrics.jsonl").write_text(DEEP + "\n")
+    out_png = runs / "curves.png"
+    code, out, err = in_process(
+        capsys, "plot", str(runs / "good"), str(runs / "slow"), str(runs / "killed"), "-o", str(out_png)
+    )
+    assert code == 0 and out == f"wrote {out_png}\n" and out_png.read_bytes().startswith(b"\x89PNG")
+    notes = err.splitlines()
+    assert len(notes) == 2 and all(line.startswith("charrnn: note: left out ") for line in notes)
+    assert '"train" is not an object' in notes[0] and "line 1 of" in notes[1] and "internal error" not in err
+
+
+def test_plot_term_and_a_figure_name_a_bad_run_once(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _config(runs / "slow", corpus__files=5)
+    code, _, err = in_process(
+        capsys, "plot", str(runs / "good"), str(runs / "slow"), "--term", "-o", str(runs / "c.png")
+    )
+    assert code == 0 and err.count("left out") == 1 and (runs / "c.png").is_file()
+
+
+@pytest.mark.parametrize("term", [False, True], ids=["figure", "term"])
+def test_plot_fails_in_one_line_only_when_no_run_can_be_read(
+    runs: Path, capsys: pytest.CaptureFixture[str], term: bool
+) -> None:
+    _config(runs / "slow", train="x")
+    (runs / "good" / "config.json").write_text(DEEP)
+    (runs / "a-file").write_text("not a run")
+    args = ["plot", str(runs / "slow"), str(runs / "good"), str(runs / "a-file"), *(["--term"] if term else [])]
+    code, out, err = in_process(capsys, *args, "-o", str(runs / "c.png"))
+    assert code == 1 and out == "" and err.count("\n") == 1 and err.startswith("charrnn: error: ")
+    assert '"train" is not an object' in err and "nested too deeply" in err and "a-file is not a run directory" in err
+    assert not list(runs.glob("*.png"))
+
+
+def test_plot_term_with_an_output_in_a_missing_directory_is_refused_before_drawing(
+    runs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = in_process(capsys, "plot", str(runs / "good"), "--term", "-o", str(runs / "missing" / "c.png"))
+    assert code == 1 and out == "" and "directory" in err and "does not exist" in err and err.count("\n") == 1
