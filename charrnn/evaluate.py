@@ -199,7 +199,7 @@ def _evaluate_run(
 ) -> list[tuple[str, dict[str, Any]]]:
     from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, train_config_of
     from charrnn.data.corpus import find_corpus
-    from charrnn.data.dataset import dataset_of_run, encode_text
+    from charrnn.data.dataset import dataset_of_run, encode_text, validation_text
     from charrnn.devices import use_bf16
 
     payload = load_checkpoint(run)
@@ -219,8 +219,9 @@ def _evaluate_run(
         except CharrnnError as exc:
             raise CharrnnError(f"{exc}: pass TEXT to evaluate on") from None
         for name, split in (("val", dataset.val), ("test", dataset.test)):
-            if split is not None:
-                pieces.append((name, split, None))
+            if split is not None:  # the text itself (for the compressors): the one viz and score read
+                held_out = "".join(validation_text(payload, dataset, split=name)) if baselines else None
+                pieces.append((name, split, held_out))
         if not pieces:
             raise CharrnnError("the run has no validation or test split: pass TEXT to evaluate on")
     rows = []
@@ -230,8 +231,6 @@ def _evaluate_run(
         result = evaluate(model, split, tokenizer, streams=streams, autocast=autocast, ranks=ranks)
         row: dict[str, Any] = result.as_dict()
         if baselines and ranks.is_main:
-            row["baselines_bits_per_char"] = compression_baselines(
-                text if text is not None else tokenizer.decode(split.tokens)
-            )
+            row["baselines_bits_per_char"] = compression_baselines(text or "")
         rows.append((name, row))
     return rows

@@ -203,7 +203,7 @@ class FileScores:
 
 def score_file(
     run: Path,
-    text_file: str,
+    text_file: str | None = None,
     *,
     whole: bool = False,
     independent: bool = False,
@@ -212,9 +212,10 @@ def score_file(
     encoding: str = "utf-8",
     device: str = "auto",
 ) -> FileScores:
-    """`charrnn score`: the records of `text_file` (a file, or '-' for standard input) under the
-    run's best model. The options are checked and the model and file opened now; the scoring
-    happens as the records are iterated (only --sort and --top hold them)."""
+    """`charrnn score`: the records of `text_file` (a file, or '-' for standard input; default:
+    the run's validation text, the one `charrnn eval` and `viz` read) under the run's best model.
+    The options are checked and the model and file opened now; the scoring happens as the records
+    are iterated (only --sort and --top hold them)."""
     if whole and (sort or top is not None):
         raise CharrnnError("--sort and --top order lines: they do not go with --whole")
     if whole and independent:
@@ -224,13 +225,32 @@ def score_file(
     from charrnn.data.corpus import find_corpus
     from charrnn.inference import load
 
-    if text_file != "-" and Path(text_file).expanduser().is_dir():
-        raise CharrnnError(f"{text_file} is a directory: give one text file (or - for standard input)")
-    corpus = find_corpus([text_file], encoding=encoding)  # missing, unreadable, binary: refused here
-    model = load(run, device=device)
-    name = "standard input" if text_file == "-" else text_file
-    records = iter_line_scores(model, corpus.chunks(), independent=independent, keep_text=not whole, name=name)
+    if text_file is None:
+        model = load(run, device=device)
+        chunks, name = _validation_chunks(model), "the run's validation text"
+    else:
+        if text_file != "-" and Path(text_file).expanduser().is_dir():
+            raise CharrnnError(f"{text_file} is a directory: give one text file (or - for standard input)")
+        corpus = find_corpus([text_file], encoding=encoding)  # missing, unreadable, binary: refused here
+        model = load(run, device=device)
+        chunks, name = corpus.chunks(), "standard input" if text_file == "-" else text_file
+    records = iter_line_scores(model, chunks, independent=independent, keep_text=not whole, name=name)
     return FileScores(records, name=name, whole=whole, independent=independent, sort=sort, top=top)
+
+
+def _validation_chunks(model: Model) -> Iterator[str]:
+    """The run's validation text, rebuilt from its files (`charrnn.data.dataset.validation_text`)."""
+    from charrnn.checkpoint import load_checkpoint, train_config_of
+    from charrnn.data.dataset import dataset_of_run, validation_text
+
+    payload = load_checkpoint(model.path, arrays=True)
+    try:
+        dataset = dataset_of_run(payload, train_config_of(payload))
+    except CharrnnError as exc:
+        raise CharrnnError(f"{exc}: pass TEXT_FILE to score") from None
+    if dataset.val is None:
+        raise CharrnnError("the run has no validation split: pass TEXT_FILE to score")
+    return validation_text(payload, dataset)
 
 
 # --- per-character bits, in pieces --------------------------------------------------------------

@@ -87,6 +87,55 @@ def test_default_text_is_the_start_of_the_runs_validation_text(run: Path, capsys
     )
 
 
+def test_an_excerpt_is_shown_beside_the_whole_texts_figures_which_are_evals(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 18 item 6: the page set gzip and xz on the 5,000 characters shown beside the model,
+    # while eval on the whole split gave other figures. Each figure now says what it was measured
+    # on, and an excerpt comes with the whole text's figures, eval's own.
+    from charrnn.evaluate import compression_baselines
+
+    page = tmp_path / "explain.html"
+    code, _, err = in_process(capsys, "viz", str(run), "--max-chars", "700", "--html", str(page))
+    assert code == 0, err
+    code, out, err = in_process(capsys, "eval", str(run), "--json")
+    assert code == 0, err
+    val = json.loads(out)["val"]
+    data = page_data(page)
+    shown = "".join(data["chars"])
+    summary = data["summary"]
+    assert summary["chars"] == 700 and summary["baselines"] == compression_baselines(shown)
+    assert summary["whole"]["chars"] == 3_000
+    assert summary["whole"]["bits_per_char"] == pytest.approx(val["bits_per_char"], abs=1e-6)
+    assert summary["whole"]["baselines"] == val["baselines_bits_per_char"]
+    template = page.read_text(encoding="utf-8")
+    assert '" characters shown"' in template and '"On the whole text ("' in template  # the bars' labels
+
+    code, out, err = in_process(capsys, "viz", str(run), "--term", "--max-chars", "700")
+    assert code == 0, err
+    line = out.splitlines()[0]
+    assert "bits per character on the characters shown (700, 699 predicted)" in line
+    assert f"on the whole text (3,000 characters): model {val['bits_per_char']:.4f}" in line
+    assert f"xz {val['baselines_bits_per_char']['xz']:.3f}" in line
+
+
+def test_an_excerpt_of_a_file_comes_with_evals_figures_on_the_whole_file(
+    run: Path, held: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = in_process(capsys, "viz", str(run), str(held), "--json", "--max-chars", "100")
+    assert code == 0, err
+    summary = json.loads(out)["summary"]
+    code, out, err = in_process(capsys, "eval", str(run), str(held), "--json")
+    assert code == 0, err
+    whole = json.loads(out)[str(held)]
+    assert summary["whole"]["chars"] == len(HELD) and summary["chars"] == 100
+    assert summary["whole"]["bits_per_char"] == pytest.approx(whole["bits_per_char"], abs=1e-6)
+    assert summary["whole"]["baselines"] == whole["baselines_bits_per_char"]
+    code, out, err = in_process(capsys, "viz", str(run), str(held), "--json")  # all of it shown: no second set
+    assert code == 0, err
+    assert json.loads(out)["summary"]["whole"] is None
+
+
 def test_json_gives_one_record_per_character_with_its_predictions(
     run: Path, held: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -224,21 +273,87 @@ def page_data_of(page: bytes) -> dict[str, Any]:
 # --- the terminal ------------------------------------------------------------------------------
 
 
-def test_term_colours_the_text_only_on_a_terminal_without_no_color(
+def _marks_under(out: str, text: str) -> list[tuple[str, str]]:
+    """(line of text, its line of marks) pairs of the plain view of `text`'s lines."""
+    lines = out.splitlines()
+    firsts = [i for i, line in enumerate(lines) if line == text.splitlines()[0] + "\u21b5"]
+    assert firsts, "the text is not in the output"
+    at = firsts[0]
+    return [(lines[i], lines[i + 1]) for i in range(at, at + 2 * len(text.splitlines()), 2)]
+
+
+def test_term_colours_on_a_terminal_and_marks_costly_characters_without_colour(
     run: Path, held: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # issue 18 item 15: piped into a file or `less -R`, --term gave the bare text, no sign of what cost.
+    from charrnn.viz.term import mark
+
     monkeypatch.setenv("TERM", "xterm-256color")
     for name in ("FORCE_COLOR", "NO_COLOR"):
         monkeypatch.delenv(name, raising=False)
     code, plain, err = in_process(capsys, "viz", str(run), str(held), "--term")
     assert code == 0, err
-    assert "\x1b[" not in plain and HELD in plain  # not a terminal: the text as it is
+    assert "\x1b[" not in plain and "by bits: none below 2, '.' 2-4, '-' 4-6" in plain  # not a terminal: marks
+    _, out, _ = in_process(capsys, "viz", str(run), str(held), "--json")
+    records = json.loads(out)["chars"]
+    pairs = _marks_under(plain, HELD)
+    column = 0
+    for text, marks in pairs:  # every character's mark stands under it
+        assert len(text) == len(HELD.splitlines()[0]) + 1
+        for i in range(len(text)):
+            record = records[column + i]
+            expected = mark(math.nan if record["bits"] is None else record["bits"], record["unknown"])
+            assert marks.ljust(len(text))[i] == expected
+        column += len(text)
+    assert any(m.strip() for _, m in pairs)  # an untrained model pays a lot: there are marks to see
+
     monkeypatch.setenv("FORCE_COLOR", "1")
     _, forced, _ = in_process(capsys, "viz", str(run), str(held), "--term")
     assert "\x1b[" in forced and "bits:" in forced  # colours, and the legend
+    _, never, _ = in_process(capsys, "viz", str(run), str(held), "--term", "--color", "never")
+    assert "\x1b[" not in never and _marks_under(never, HELD) == pairs
+    monkeypatch.delenv("FORCE_COLOR")
     monkeypatch.setenv("NO_COLOR", "1")
     _, refused, _ = in_process(capsys, "viz", str(run), str(held), "--term")
-    assert "\x1b[" not in refused
+    assert "\x1b[" not in refused and _marks_under(refused, HELD) == pairs
+    _, always, _ = in_process(capsys, "viz", str(run), str(held), "--term", "--color", "always")
+    assert "\x1b[" in always and "bits:" in always  # for less -R: colour into a pipe, asked for
+    code, out, err = in_process(capsys, "viz", str(run), str(held), "--term", "--color", "sometimes")
+    assert code == 1 and err.count("\n") == 1 and "--color must be one of auto, always, never" in err
+
+
+def _explanation(text: str, bits: list[float], unknown: list[bool] | None = None) -> Any:
+    from charrnn.viz.explain import Explanation
+
+    n = len(text)
+    return Explanation(
+        title="t",
+        source="s",
+        chars=list(text),
+        bits=np.array(bits, dtype=np.float64),
+        top=[[] for _ in text],
+        rank=np.zeros(n, dtype=np.int64),
+        unknown=np.array(unknown or [False] * n, dtype=bool),
+        activations={"h": np.zeros((n, 1, 1), np.float32)},
+        model={},
+        total_chars=n,
+    )
+
+
+def test_the_plain_view_puts_each_mark_under_its_character_in_wide_text_tabs_and_long_lines() -> None:
+    from charrnn.viz.term import marked_lines
+
+    nan = math.nan
+    assert list(marked_lines(_explanation("ab\ncd", [nan, 0.5, 9.0, 3.0, 5.0]))) == ["ab\u21b5", "  #", "cd", ".-"]
+    # A wide character takes two columns, its mark the first; a tab goes to the next stop.
+    wide = _explanation("さx\ty", [nan, 7.0, 0.1, 2.5])
+    assert list(marked_lines(wide)) == ["さx" + " " * 5 + "y", "  +" + " " * 5 + "."]  # y at column 8
+    # A combining accent takes no column: its cost shows in the mark of the letter it sits on.
+    accent = _explanation("e\u0301z", [1.0, 9.0, 0.1])
+    assert list(marked_lines(accent)) == ["e\u0301z", "#"]
+    # A line longer than the width is cut, the marks with it; an unknown character is '?'.
+    long = _explanation("abcdefghij", [nan] + [5.0] * 8 + [0.0], [False] * 9 + [True])
+    assert list(marked_lines(long, width=8)) == ["abcdefgh", " -------", "ij", "-?"]
 
 
 # --- bad input: one line, exit 1, nothing written ----------------------------------------------
@@ -364,6 +479,8 @@ def test_page_in_chromium_hover_card_unit_view_and_no_network(
     cells = browser.find_elements(By.CSS_SELECTOR, "#text .c")
     assert len(cells) == len(data["chars"]) == 1500
     assert all(_backgrounds(browser)), "a character cell has no colour"
+    bars = browser.find_element(By.ID, "bars").text  # each group of figures names its text
+    assert "On the 1,500 characters shown" in bars and "On the whole text (3,000 characters)" in bars
 
     target = next(i for i, b in enumerate(data["bits"]) if b is not None and data["chars"][i].isalpha())
     ActionChains(browser).move_to_element(cells[target]).perform()

@@ -423,6 +423,41 @@ def dataset_of_run(
     return dataset
 
 
+def validation_text(payload: dict[str, Any], dataset: Dataset, *, split: str = "val") -> Iterator[str]:
+    """The text of a run's validation split (split="test": its test split), as the run's training
+    cut it, in chunks: the end of the running text, the --val-file, or for a --lines run its
+    held-out lines in their seeded order, each with its line break. `dataset` is the run's, from
+    `dataset_of_run(payload, ...)`, which checked that the files hold the same text. The text is
+    read from the files, not decoded from token ids, so a character the model never saw is there
+    as it is. `charrnn eval`, `viz` and `score` all read a run's held-out text through this."""
+    from charrnn.checkpoint import train_config_of
+
+    if split not in SPLITS[1:]:
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    if getattr(dataset, split) is None:
+        return
+    info = payload["corpus"]
+    encoding = info.get("encoding", "utf-8")
+    corpus = find_corpus(info["files"], encoding=encoding)
+    cfg = train_config_of(payload)
+    if cfg.lines:
+        with tempfile.TemporaryDirectory(prefix="charrnn-lines-", dir=_writable_cache_dir(None)) as tmp:
+            index = lines.index_lines(corpus, Path(tmp) / "spool")
+            sides = lines.split_sides(index.digests, cfg.val_frac, cfg.test_frac, cfg.seed)
+            yield from lines.blocks(index, lines.side_order(sides, SPLITS.index(split), cfg.seed))
+        return
+    train_end = dataset.train.num_chars
+    if info.get("val_files"):
+        if split == "val":
+            yield from find_corpus(info["val_files"], encoding=info.get("val_encoding", encoding)).chunks()
+            return
+        bounds = [train_end]  # the test split is the rest of the corpus after training's part
+    else:
+        bounds = [train_end, train_end + (dataset.val.num_chars if dataset.val is not None else 0)]
+    wanted = len(bounds) if split == "test" else 1
+    yield from (text for region, text in _regions(corpus, bounds) if region == wanted)
+
+
 def base_of_run(payload: dict[str, Any]) -> Tokenizer | None:
     """The tokenizer a run started `--init-from` built on (None for a run that started afresh): its
     own, less the characters it added (`init_from.added_chars`), so its vocabulary is rebuilt

@@ -4,11 +4,21 @@ expl = explain_run(Path("runs/demo"), "held.txt")   # one stateful pass, ranked 
 write_page(expl, Path("explain.html"))             # one self-contained HTML file
 """
 
-from charrnn.viz.explain import Explanation, check_output, default_page, json_document, page_html, records, write_page
+from charrnn.viz.explain import (
+    Explanation,
+    WholeText,
+    check_output,
+    default_page,
+    json_document,
+    page_html,
+    records,
+    write_page,
+)
 from charrnn.viz.run import explain_run, explain_text
 
 __all__ = [
     "Explanation",
+    "WholeText",
     "check_output",
     "default_page",
     "explain_run",

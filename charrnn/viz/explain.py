@@ -66,6 +66,25 @@ def surprisal_colour(bits: float) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class WholeText:
+    """The figures of the whole text where an explanation shows an excerpt of it (--max-chars):
+    what `charrnn eval` reports on that text. Compressors do poorly on short texts, so the
+    excerpt's figures alone would flatter the model against them."""
+
+    chars: int
+    bits_per_char: float  # the model's
+    baselines: dict[str, float]  # gzip/bzip2/xz bits per character
+
+    def as_dict(self) -> dict[str, Any]:
+        bpc = self.bits_per_char
+        return {
+            "chars": self.chars,
+            "bits_per_char": None if math.isnan(bpc) else bpc,
+            "baselines": self.baselines,
+        }
+
+
+@dataclass(frozen=True)
 class Explanation:
     """One text as the model saw it, character by character."""
 
@@ -79,7 +98,8 @@ class Explanation:
     activations: dict[str, np.ndarray]  # "h" (and "c" for an LSTM): (N, layers, hidden) float32
     model: dict[str, Any]  # cell, layers, hidden, tokenizer, description
     total_chars: int  # characters of the source before --max-chars cut it
-    baselines: dict[str, float] = field(default_factory=dict)  # gzip/bzip2/xz bits per character
+    baselines: dict[str, float] = field(default_factory=dict)  # gzip/bzip2/xz bits per character on `chars`
+    whole: WholeText | None = None  # the whole text's figures, where `chars` is an excerpt of it
     ranked: list[RankedUnit] = field(default_factory=list)
     strength: np.ndarray | None = None  # (units,) each unit's strongest |r| with any property
 
@@ -125,6 +145,8 @@ def records(expl: Explanation) -> list[dict[str, Any]]:
 
 
 def summary(expl: Explanation) -> dict[str, Any]:
+    """The figures: `bits_per_char` and `baselines` on the characters shown (`chars` of them), and
+    `whole` (the same on all `total_chars`; null when all are shown)."""
     bpc = expl.bits_per_char
     return {
         "bits_per_char": None if math.isnan(bpc) else bpc,
@@ -133,6 +155,7 @@ def summary(expl: Explanation) -> dict[str, Any]:
         "unknown": expl.num_unknown,
         "total_chars": expl.total_chars,
         "baselines": expl.baselines,
+        "whole": None if expl.whole is None else expl.whole.as_dict(),
     }
 
 

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from charrnn.errors import CharrnnError
-from charrnn.viz.explain import DEFAULT_MAX_CHARS, RANK_DEPTH, TOP_K, Explanation, with_units
+from charrnn.viz.explain import DEFAULT_MAX_CHARS, RANK_DEPTH, TOP_K, Explanation, WholeText, with_units
 
 # Bytes of float32 states one pass may hold (every layer's h, and c, at every character).
 ACTIVATION_LIMIT = 2 << 30
 
 if TYPE_CHECKING:
-    from charrnn.data.corpus import Corpus
+    from charrnn.data.dataset import Split
     from charrnn.inference import Model
 
 
@@ -28,21 +28,26 @@ def explain_run(
     device: str = "auto",
 ) -> Explanation:
     """Score the first `max_chars` characters of `text_file` (a file, or '-' for standard input;
-    default: the run's validation text) with the run's best model, and explain them."""
+    default: the run's validation text) with the run's best model, and explain them. Where that is
+    an excerpt, the whole text is scored too, as `charrnn eval` scores it (`Explanation.whole`)."""
     if max_chars < 1:
         raise CharrnnError(f"--max-chars must be at least 1, got {max_chars}")
     from charrnn.inference import load
 
     model = load(run, device=device)
+    split: Split | None = None
     if text_file is None:
-        text, total = validation_text(model, max_chars)
+        whole, split = run_validation_text(model)
         source = "the run's validation text"
     else:
-        text, total = file_text(text_file, max_chars, encoding)
+        whole = file_text(text_file, encoding)
         source = "standard input" if text_file == "-" else str(text_file)
-    if total > len(text):
-        source += f", its first {len(text):,} of {total:,} characters"
-    return explain_text(model, text, title=_title(run), source=source, total_chars=total)
+    text = whole[:max_chars]
+    figures = None
+    if len(whole) > len(text):
+        source += f", its first {len(text):,} of {len(whole):,} characters"
+        figures = whole_text_figures(model, whole, split)
+    return explain_text(model, text, title=_title(run), source=source, total_chars=len(whole), whole=figures)
 
 
 def _title(run: Path) -> str:
@@ -50,23 +55,21 @@ def _title(run: Path) -> str:
     return run.name if run.is_dir() else f"{run.parent.name}/{run.name}"
 
 
-def file_text(source: str, max_chars: int, encoding: str) -> tuple[str, int]:
-    """The first `max_chars` characters of a text file (or '-') and its length in characters."""
+def file_text(source: str, encoding: str) -> str:
+    """The whole text of a file (or '-'); an empty one is refused."""
     from charrnn.data.corpus import find_corpus
 
-    corpus = find_corpus([source], encoding=encoding)
-    text, total = _read(corpus, 0, max_chars)
-    if total == 0:
+    text = find_corpus([source], encoding=encoding).read_text()
+    if not text:
         raise CharrnnError(f"{'standard input' if source == '-' else source} is empty: there is nothing to explain")
-    return text, total
+    return text
 
 
-def validation_text(model: Model, max_chars: int) -> tuple[str, int]:
-    """The first `max_chars` characters of the validation text the run was trained beside, read
-    from the corpus itself (so characters the model never saw show as they are), and its length."""
+def run_validation_text(model: Model) -> tuple[str, Split]:
+    """The validation text the run was trained beside, as `charrnn eval` and `score` read it
+    (`charrnn.data.dataset.validation_text`), and the split of token ids eval scores."""
     from charrnn.checkpoint import load_checkpoint, train_config_of
-    from charrnn.data.corpus import find_corpus
-    from charrnn.data.dataset import dataset_of_run
+    from charrnn.data.dataset import dataset_of_run, validation_text
 
     payload = load_checkpoint(model.path, arrays=True)
     try:
@@ -75,32 +78,33 @@ def validation_text(model: Model, max_chars: int) -> tuple[str, int]:
         raise CharrnnError(f"{exc}: pass TEXT_FILE to explain") from None
     if dataset.val is None:
         raise CharrnnError("the run has no validation split: pass TEXT_FILE to explain")
-    info = payload["corpus"]
-    encoding = info.get("encoding", "utf-8")
-    if info.get("val_files"):
-        corpus, start = find_corpus(info["val_files"], encoding=info.get("val_encoding", encoding)), 0
+    return "".join(validation_text(payload, dataset)), dataset.val
+
+
+def whole_text_figures(model: Model, whole: str, split: Split | None = None) -> WholeText:
+    """The model's bits per character on all of `whole` (from `split`, its token ids as the run's
+    dataset holds them, where it is a run's validation text) and the compressors' on it: the
+    figures `charrnn eval` reports on that text."""
+    from charrnn.evaluate import compression_baselines, evaluate
+
+    if split is None:
+        result = model.evaluate(whole)
     else:
-        corpus, start = find_corpus(info["files"], encoding=encoding), dataset.train.num_chars
-    text, _ = _read(corpus, start, max_chars)
-    return text, dataset.val.num_chars
+        result = evaluate(model.torch_module(), split, model.tokenizer, autocast=model.uses_bf16())
+    return WholeText(chars=len(whole), bits_per_char=result.bits_per_char, baselines=compression_baselines(whole))
 
 
-def _read(corpus: Corpus, start: int, count: int) -> tuple[str, int]:
-    """`count` characters of the corpus from character `start`, and how many characters follow `start`."""
-    pieces: list[str] = []
-    position = kept = 0
-    for chunk in corpus.chunks():
-        begin = max(0, start - position)
-        position += len(chunk)
-        if kept < count and begin < len(chunk):
-            piece = chunk[begin : begin + count - kept]
-            pieces.append(piece)
-            kept += len(piece)
-    return "".join(pieces), max(0, position - start)
-
-
-def explain_text(model: Model, text: str, *, title: str, source: str, total_chars: int | None = None) -> Explanation:
-    """One stateful pass of `model` over `text`, with each character's rank and the ranked units."""
+def explain_text(
+    model: Model,
+    text: str,
+    *,
+    title: str,
+    source: str,
+    total_chars: int | None = None,
+    whole: WholeText | None = None,
+) -> Explanation:
+    """One stateful pass of `model` over `text`, with each character's rank and the ranked units;
+    `text` is the first `total_chars` characters of a text whose figures are `whole`."""
     from charrnn.evaluate import compression_baselines
     from charrnn.score import char_alignment, token_labels
 
@@ -143,6 +147,7 @@ def explain_text(model: Model, text: str, *, title: str, source: str, total_char
         },
         total_chars=len(text) if total_chars is None else total_chars,
         baselines=compression_baselines(text),
+        whole=whole,
     )
     return with_units(expl)
 
