@@ -18,7 +18,9 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+# The release, and the one place it is written: pyproject.toml reads it from here. 0.2.0 writes
+# checkpoint format 2 (safetensors); 0.1.0 wrote format 1.
+__version__ = "0.2.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
