@@ -195,3 +195,14 @@ def test_the_old_checkpoint_format_is_named_by_its_number(path: Path) -> None:
     text = " ".join(path.read_text(encoding="utf-8").split())  # a phrase may span a line break
     found = [text[max(0, m.start() - 40) : m.end() + 20] for m in OLD_FORMAT_BY_RELEASE.finditer(text)]
     assert found == [], f"{path.relative_to(ROOT)} names checkpoint format 1 by a release: {found}"
+
+
+def test_the_fine_tune_is_described_as_it_is() -> None:
+    """Issue 18, item 13: a fine-tune's new characters take probability mass from the old ones,
+    which keep only their odds against each other (what tests/test_finetune.py measures), not
+    their predictions."""
+    for path in (ROOT / "README.md", ROOT / "docs" / "finetuning.md"):
+        text = " ".join(path.read_text(encoding="utf-8").split())
+        assert "without changing its predictions" not in text, path.name
+        assert "keep their odds against each other" in text, path.name
+        assert "new ones take" in text or "new characters take" in text, path.name
