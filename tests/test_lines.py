@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import charrnn as run_charrnn
+from conftest import in_process
 
 import charrnn
 from charrnn.checkpoint import load_checkpoint
@@ -385,3 +386,88 @@ def test_sampling_examples_on_the_cpu_never_imports_torch(lines_run: Path) -> No
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["3", "False"]
+
+
+# ----- line endings (issue 19, item 15) -----
+
+UNIVERSAL = "Anna\r\nBruno\rClara\nDmitri\r\rElena\r\nFelix\rGreta\r"
+
+
+def test_a_lone_carriage_return_ends_a_line_as_universal_newlines_do(tmp_path: Path) -> None:
+    """Old code: "Bruno\rClara" was one example, and \r entered the vocabulary."""
+    corpus = _write(tmp_path / "n.txt", UNIVERSAL)
+    dataset = _prepare(corpus, tmp_path / "cache", val_frac=0.2)
+    expected = ["Anna", "Bruno", "Clara", "Dmitri", "Elena", "Felix", "Greta"]
+    assert Counter(_lines(dataset, "train") + _lines(dataset, "val")) == Counter(expected)
+    assert dataset.lines is not None and dataset.lines.blank == 1  # the line between two lone \r
+    with open(corpus, encoding="utf-8", newline=None) as handle:  # exactly Python's universal newlines
+        assert [line for line in handle.read().split("\n") if line.strip()] == expected
+
+
+def test_a_crlf_across_two_chunks_is_one_line_break(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from charrnn.data import corpus as corpus_module
+
+    text = "".join(f"{name}\r\n" for name in NAMES[:12])
+    monkeypatch.setattr(corpus_module, "CHUNK_BYTES", 5)  # every break falls somewhere across a chunk edge
+    lines = list(lines_module._lines_of(_write(tmp_path / "n.txt", text), "utf-8"))
+    assert lines == NAMES[:12]
+
+
+def test_the_other_characters_splitlines_splits_at_are_text(tmp_path: Path) -> None:
+    others = ["\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+    text = "".join(f"a{c}b\n" for c in others)
+    assert list(lines_module._lines_of(_write(tmp_path / "n.txt", text), "utf-8")) == [f"a{c}b" for c in others]
+
+
+def test_a_long_line_ended_by_a_lone_carriage_return_is_still_measured(tmp_path: Path) -> None:
+    corpus = _write(tmp_path / "n.txt", "short\r" + "x" * (MAX_LINE_CHARS + 1) + "\rshort\r")
+    with pytest.raises(CharrnnError, match="line 2 is longer than"):
+        list(lines_module._lines_of(corpus, "utf-8"))
+    assert list(lines_module._lines_of(_write(tmp_path / "m.txt", "y" * MAX_LINE_CHARS + "\r"), "utf-8")) == [
+        "y" * MAX_LINE_CHARS
+    ]
+
+
+# ----- a damaged lines.npz names the file and what is wrong (issue 19, item 13) -----
+
+
+def _copy_run(run: Path, to: Path) -> Path:
+    to.mkdir()
+    for file in run.iterdir():
+        if file.is_file() and file.name != ".lock":
+            (to / file.name).write_bytes(file.read_bytes())
+    return to
+
+
+def _numbers(path: Path, **changes: int) -> None:
+    with np.load(path) as saved:
+        arrays = {name: saved[name] for name in ("train", "val", "test", "numbers")}
+    names = ["train_lines", "val_lines", "test_lines", "longest", "blank"]
+    for name, value in changes.items():
+        arrays["numbers"][names.index(name)] = value
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+DAMAGE = {
+    "a longest line of 10^12": (lambda p: _numbers(p, longest=10**12), "longest line of 1,000,000,000,000"),
+    "a longest line of 0": (lambda p: _numbers(p, longest=0), "longest line of 0 characters"),
+    "fewer lines than distinct": (lambda p: _numbers(p, val_lines=1), "counts 1 val lines but holds"),
+    "cut short": (lambda p: p.write_bytes(p.read_bytes()[:100]), "is damaged"),
+    "a directory": (lambda p: (p.unlink(), p.mkdir()), "is damaged: it is not a regular file"),
+    "a link to /dev/zero": (lambda p: (p.unlink(), p.symlink_to("/dev/zero")), "is not a regular file"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE, ids=list(DAMAGE))
+def test_a_damaged_lines_file_is_named_and_never_blamed_on_an_option(
+    lines_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    """Old code: a longest line of 10^12 gave "--length must be in 0..100,000,000", an option never given."""
+    run = _copy_run(lines_run, tmp_path / "run")
+    damage, message = DAMAGE[case]
+    damage(run / LINES_FILE)
+    code, out, err = in_process(capsys, "sample", str(run), "--num-samples", "3", "--seed", "1")
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"charrnn: error: {run / LINES_FILE} ") and message in err, err
+    assert "--length" not in err and "internal error" not in err

@@ -1,9 +1,9 @@
 """One example per line (`charrnn train --lines`): the line index, the split by lines, the line hashes.
 
-The corpus is read once, chunk by chunk. Each non-blank line (without its line break, a trailing
-carriage return or a file's byte-order mark) is written as UTF-8 to a spool file, and only its
-byte offset and an 8-byte blake2b digest of its text are kept, in numpy arrays: a million lines
-cost 16 MB, never the strings. The distinct lines are shuffled by the seed and dealt out to
+The corpus is read once, chunk by chunk. Each non-blank line (without its line break, LF, CRLF
+or a lone CR as in Python's universal newlines, or a file's byte-order mark) is written as UTF-8
+to a spool file, and only its byte offset and an 8-byte blake2b digest of its text are kept, in
+numpy arrays: a million lines cost 16 MB, never the strings. The distinct lines are shuffled by the seed and dealt out to
 validation, test and training, so a line that occurs more than once goes wholly to one side, where
 every copy is kept (repeats weigh an example as the corpus does). Each side is read back from the
 spool in its own seeded order, every line followed by its line break, in blocks for the token cache.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import mmap
+import re
 import zipfile
 import zlib
 from array import array
@@ -82,28 +83,34 @@ def index_lines(corpus: Corpus, spool: Path) -> LineIndex:
 
 
 def _lines_of(path: Path, encoding: str) -> Iterator[str]:
-    """The lines of one file, without line breaks, a trailing carriage return or a leading BOM;
-    a line longer than MAX_LINE_CHARS is refused as soon as it is seen to be."""
-    carry = ""
+    """The lines of one file, without their line breaks or a leading BOM. A line ends at "\\n",
+    "\\r\\n" or a lone "\\r": exactly the breaks of Python's universal newlines
+    (`io.TextIOWrapper(newline=None)`); the other characters `str.splitlines` splits at (\\v, \\f,
+    \\x1c-\\x1e, \\x85, \\u2028, \\u2029) are text. A line longer than MAX_LINE_CHARS is refused as
+    soon as it is seen to be."""
+    pending = ""
     number = 0
-    for chunk in Corpus((path,), encoding).chunks():
-        if number == 0 and not carry and chunk.startswith("\ufeff"):
-            chunk = chunk[1:]
+    for i, chunk in enumerate(Corpus((path,), encoding).chunks()):
+        text = pending + (chunk.removeprefix("\ufeff") if i == 0 else chunk)
+        # A "\r" at the end may be the first half of a "\r\n" that the next chunk completes.
+        end = len(text) - 1 if text.endswith("\r") else len(text)
         start = 0
-        while (end := chunk.find("\n", start)) >= 0:
+        for found in _BREAK.finditer(text, 0, end):
             number += 1
-            line = carry + chunk[start:end] if carry else chunk[start:end]
-            carry, start = "", end + 1
-            _check_length(path, number, len(line))
-            yield line[:-1] if line.endswith("\r") else line
-        carry += chunk[start:]
-        _check_length(path, number + 1, len(carry))
-    if carry:
-        yield carry[:-1] if carry.endswith("\r") else carry
+            _check_length(path, number, found.start() - start)
+            yield text[start : found.start()]
+            start = found.end()
+        pending = text[start:]
+        _check_length(path, number + 1, len(pending) - pending.endswith("\r"))
+    if pending:
+        yield pending.removesuffix("\r")
+
+
+_BREAK = re.compile("\r\n|\r|\n")
 
 
 def _check_length(path: Path, number: int, length: int) -> None:
-    if length > MAX_LINE_CHARS + 1:  # + 1: a carriage return that is taken off
+    if length > MAX_LINE_CHARS:
         raise CharrnnError(
             f"{path}: line {number:,} is longer than {MAX_LINE_CHARS:,} characters, the most --lines takes "
             "for one example (is this file one example per line?)"
@@ -201,6 +208,8 @@ class LineSets:
     @classmethod
     def load(cls, path: Path) -> LineSets:
         """Read a saved LineSets; a missing or damaged file is a one-line CharrnnError."""
+        if path.exists() and not path.is_file():
+            raise CharrnnError(f"{path} is damaged: it is not a regular file")
         try:
             sets, numbers = _read_arrays(path)
         except FileNotFoundError:
@@ -218,6 +227,16 @@ class LineSets:
         if not ok:
             raise CharrnnError(f"{path} is damaged: not the sorted line digests charrnn writes")
         train, val, test, longest, blank = (int(n) for n in numbers)
+        for side, count, digests in zip(SIDES, (train, val, test), sets):
+            if count < len(digests):
+                raise CharrnnError(
+                    f"{path} is damaged: it counts {count:,} {side} lines but holds {len(digests):,} distinct ones"
+                )
+        if not (1 if train + val + test else 0) <= longest <= MAX_LINE_CHARS:
+            raise CharrnnError(
+                f"{path} is damaged: its longest line of {longest:,} characters is not in "
+                f"1..{MAX_LINE_CHARS:,}, what --lines takes"
+            )
         return cls(*sets, lines=(train, val, test), longest=longest, blank=blank)  # type: ignore[arg-type]
 
 
