@@ -38,6 +38,7 @@ class EvalResult:
     tokens: int  # tokens scored
     chars: int  # characters those tokens encode
     unknown: int  # tokens that were <unk> (characters outside the vocabulary)
+    precision: str = "fp32"  # what the model ran in: "fp32", or "bf16" (autocast)
 
     @property
     def loss_per_token(self) -> float:
@@ -64,6 +65,7 @@ class EvalResult:
             "tokens": self.tokens,
             "chars": self.chars,
             "unknown": self.unknown,
+            "precision": self.precision,
         }
 
 
@@ -91,7 +93,7 @@ def evaluate(
     tokens = split.tokens
     n = tokens.numel()
     if n < 2:
-        return EvalResult(0.0, 0, 0, 0)
+        return EvalResult(0.0, 0, 0, 0, "bf16" if autocast else "fp32")
     was_training = model.training
     model.eval()
     streams = max(1, min(streams, (n - 1) // 2))
@@ -114,7 +116,7 @@ def evaluate(
     # character completes none (the tokens after it predict the rest of it), <unk> stands for one.
     first = len(tokenizer.stream_decoder().push([int(tokens[0])]))
     chars = split.num_chars - min(first, split.num_chars)
-    return EvalResult(float(total), n - 1, chars, unknown)
+    return EvalResult(float(total), n - 1, chars, unknown, "bf16" if autocast else "fp32")
 
 
 def windows(
@@ -168,6 +170,13 @@ def compression_baselines(text: str) -> dict[str, float]:
     return {name: 8 * size / len(text) for name, size in sizes.items()}
 
 
+def eval_precision(precision: str, device: torch.device) -> str:
+    """The precision to evaluate a run in: the one it trained in (its --precision, 'auto' going by
+    the device as in training), but fp32 for a bf16 run on a device that has no bf16 RNN kernels
+    (anything but CUDA: oneDNN's LSTM refuses bf16), so that it can be evaluated anywhere."""
+    return "fp32" if precision == "bf16" and device.type != "cuda" else precision
+
+
 def evaluate_run(
     run: Path,
     texts: Sequence[str],
@@ -177,7 +186,8 @@ def evaluate_run(
     baselines: bool = True,
     device: str = "auto",
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Score a run's best checkpoint on `texts` (files or '-'), or on its own validation and test splits.
+    """Score a run's best checkpoint on `texts` (files or '-'), or on its own validation and test splits,
+    in the precision the run trained in (`eval_precision`; each row's "precision" says which).
 
     Under torchrun every rank reads the checkpoint and the text and scores its share of the
     `streams` pieces; all ranks return the same numbers, only rank 0 the compressor baselines.
@@ -205,7 +215,7 @@ def _evaluate_run(
     payload = load_checkpoint(run)
     target = ranks.device_for(device)
     model, tokenizer = model_from_checkpoint(payload, target)
-    autocast = use_bf16("auto", target)
+    autocast = use_bf16(eval_precision(train_config_of(payload).precision, target), target)
     pieces: list[tuple[str, Split, str | None]] = []
     if texts:
         for source in texts:
@@ -229,7 +239,7 @@ def _evaluate_run(
         if split.tokens.numel() < 2:  # no character to predict: refused, as `charrnn score` refuses it
             raise CharrnnError(f"{name} is one token long, and the first token is predicted by nothing")
         result = evaluate(model, split, tokenizer, streams=streams, autocast=autocast, ranks=ranks)
-        row: dict[str, Any] = result.as_dict()
+        row: dict[str, Any] = result.as_dict()  # its "precision" says which the model ran in
         if baselines and ranks.is_main:
             row["baselines_bits_per_char"] = compression_baselines(text or "")
         rows.append((name, row))

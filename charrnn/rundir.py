@@ -84,6 +84,23 @@ class RunDir:
         for stale in self.path.glob(".*.tmp"):  # temporary files of a writer that was killed mid-save
             stale.unlink(missing_ok=True)
 
+    def refuse_if_locked(self) -> None:
+        """Refuse as `lock` does while another process holds the lock, without taking it or writing
+        anything: a resume that is then refused for another reason leaves the run as it was."""
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise CharrnnError(f"cannot lock run directory {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # dropped again by the close below
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise CharrnnError(f"run {self.path} is in use by another charrnn train (pid {holder})") from None
+        finally:
+            os.close(fd)
+
     def unlock(self) -> None:
         """Release the lock. A run left without any checkpoint (a `train` that failed before its
         first save) is tidied away: what this process made (lock file, directories and the config

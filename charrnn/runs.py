@@ -108,6 +108,7 @@ def train(
     `handle_signals=True` makes the first Ctrl-C or SIGTERM save and stop, as the command does.
     `init_from=` (a path or a `Run`) fine-tunes another model on `corpus` (docs/finetuning.md).
     """
+    started = time.monotonic()  # a time budget is the whole call's: reading the text counts, as training does
     if isinstance(options.get("init_from"), Run):
         options["init_from"] = options["init_from"].path
     given = table.check_options(options)
@@ -128,10 +129,10 @@ def train(
         return _under_torchrun(corpus, run, resume, given, quiet=not progress or values["quiet"])
     report = _report(progress, values["quiet"])
     if resume is not False:
-        path, result = _continue(corpus, run, resume, given, report, handle_signals)
+        path, result = _continue(corpus, run, resume, given, report, handle_signals, started)
     else:
         path = Path(run) if run is not None else None
-        path, result = _start(_sources(corpus), path, values, given, report, handle_signals)
+        path, result = _start(_sources(corpus), path, values, given, report, handle_signals, started)
     return Run(path, summary=result, options=values)
 
 
@@ -188,6 +189,7 @@ def _start(
     given: dict[str, Any],
     report: Report,
     handle_signals: bool,
+    started: float,
 ) -> tuple[Path, TrainResult]:
     from charrnn.data.corpus import find_corpus
     from charrnn.train import train as train_new
@@ -213,6 +215,7 @@ def _start(
         report=report,
         handle_signals=handle_signals,
         init_from=source,
+        budget_from=started,
     )
     return path, result
 
@@ -242,14 +245,20 @@ def _resumed_path(corpus: Any, run: PathLike | None, resume: bool | PathLike, gi
 
 
 def _continue(
-    corpus: Any, run: PathLike | None, resume: bool | PathLike, given: dict[str, Any], report: Report, signals: bool
+    corpus: Any,
+    run: PathLike | None,
+    resume: bool | PathLike,
+    given: dict[str, Any],
+    report: Report,
+    signals: bool,
+    started: float,
 ) -> tuple[Path, TrainResult]:
     from charrnn.train import resume as resume_run
 
     path = _resumed_path(corpus, run, resume, given)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     changes = {name: value for name, value in given.items() if name in fields}  # budget, device, intervals
-    return path, resume_run(path, budget=changes, report=report, handle_signals=signals)
+    return path, resume_run(path, budget=changes, report=report, handle_signals=signals, budget_from=started)
 
 
 def _under_torchrun(

@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 DEFAULT_EPOCHS = 20  # the budget when none of --max-steps/--max-epochs/--max-time is given
 NONFINITE_LIMIT = 5  # consecutive skipped steps before giving up
+BUDGET = ("max_steps", "max_epochs", "max_time")  # given on resume, they replace the saved budget as a whole
+TIME_SPENT = "time budget reached"
+PROBE_TOKENS = 1024  # one evaluation window: what the speed of a one-stream pass is timed on
 
 
 @dataclass
@@ -167,6 +170,33 @@ class _Window:
         self.steps, self.tokens, self.start = 0, 0, now
 
 
+@dataclass
+class _Costs:
+    """What the rest of a run costs, in seconds, measured as it goes, so that a time budget stops
+    training early enough for the end of the run (the final exact evaluation, the last save, the
+    final sample and drawing) to fit in it. Until measured, each is a guess."""
+
+    step: float | None = None  # a loop turn without an evaluation (moving average)
+    interval: float | None = None  # the last turn with an interval evaluation: pass, sample, drawing, save
+    exact_per_token: float | None = None  # a one-stream pass, per token (timed on PROBE_TOKENS, then the real one)
+    interval_per_token: float | None = None  # an interval pass, per validation token it scores
+    save: float | None = None  # the longest save of a checkpoint
+    sample: float = 0.1  # the last sample drawn
+    drawing: float = 0.75  # the last drawing of curves.png (the first one imports matplotlib)
+
+    def turned(self, seconds: float, *, evaluated: bool) -> None:
+        if evaluated:
+            self.interval = seconds
+        else:
+            self.step = seconds if self.step is None else 0.9 * self.step + 0.1 * seconds
+
+    def saved(self, seconds: float) -> None:
+        self.save = max(seconds, self.save or 0.0)
+
+
+MARGIN = 1.25  # on every estimate of what is to come: a busy machine slows down while it runs
+
+
 class Trainer:
     def __init__(
         self,
@@ -217,6 +247,8 @@ class Trainer:
         self.bad_in_a_row = 0  # updates skipped in a row (see `_skip_update`)
         self.chars_per_token = dataset.train.num_chars / max(1, dataset.train.num_tokens)
         self.sampler = TrainSampler(cfg, model_cfg, dataset.tokenizer, self.report.on_message)
+        self.costs = _Costs()
+        self.best_exact: float | None = None  # the final exact figure, when the final weights are the best
 
     # ----- budget -----
     def total_steps(self) -> int | None:
@@ -238,13 +270,115 @@ class Trainer:
             parts.append(self.p.elapsed / self.cfg.max_time)
         return max(parts) if parts else 0.0
 
-    def _budget_spent(self) -> str | None:
+    def _budget_spent(self, reserve: float = 0.0) -> str | None:
+        """Why training stops now, if it does: the time budget counts `reserve` seconds as spent."""
         total = self.total_steps()
         if total is not None and self.p.step >= total:
             return "step budget reached" if self.cfg.max_steps == total else "epoch budget reached"
-        if self.cfg.max_time is not None and self.p.elapsed >= self.cfg.max_time:
-            return "time budget reached"
+        if self.cfg.max_time is not None and self.p.elapsed + reserve >= self.cfg.max_time:
+            return TIME_SPENT
         return None
+
+    def _reserve(self) -> float:
+        """The time to keep back after this step, under a time budget: what going on costs at the
+        least (this step's interval evaluation if one is due, one more step) and the end of the run
+        after it. Training stops when the budget cannot hold that, so that the end fits in it."""
+        if self.cfg.max_time is None:
+            return 0.0
+        costs = self.costs
+        going_on = MARGIN * (costs.step or 0.0)
+        if self.p.step % self.cfg.eval_interval == 0:
+            going_on += costs.interval if costs.interval is not None else MARGIN * self._interval_guess()
+        return going_on + self._end_cost()
+
+    def _save_cost(self) -> float:
+        """A save: the longest measured, or a guess from the size of the weights and moments."""
+        if self.costs.save is not None:
+            return self.costs.save
+        return 0.05 + 3 * 4 * self.model.num_parameters() / 100e6  # weights and two moments at 100 MB/s
+
+    def _interval_pass_cost(self) -> float:
+        val = self.data.val
+        if val is None:
+            return 0.0
+        per_token = self.costs.interval_per_token or self.costs.exact_per_token or 0.0
+        return per_token * min(val.num_tokens, self.cfg.eval_tokens or val.num_tokens)
+
+    def _interval_guess(self) -> float:
+        """An interval evaluation before one has been timed: its pass, a sample, a drawing, a save."""
+        return self._interval_pass_cost() + self.costs.sample + self.costs.drawing + self._save_cost()
+
+    def exact_pass_cost(self) -> float:
+        """The final exact pass over the whole validation split, at the measured one-stream speed."""
+        val = self.data.val
+        if val is None:
+            return 0.0
+        if self.costs.exact_per_token is None:
+            self._time_exact_pass()
+        return (self.costs.exact_per_token or 0.0) * (val.num_tokens - 1)
+
+    def _end_cost(self) -> float:
+        """The end of the run: the final evaluation (the interval estimate that judges the best
+        weights, and the exact pass), the best and last saves, the final sample and drawing."""
+        judged = self._interval_is_exact() or self._first_judged()  # no interval estimate at the end
+        passes = self.exact_pass_cost() + (0.0 if judged else self._interval_pass_cost())
+        rest = 2 * self._save_cost() + self.costs.drawing + (self.costs.sample if self.cfg.sample_every else 0.0)
+        return MARGIN * (passes + rest) + 0.25
+
+    def _time_exact_pass(self) -> None:
+        """Time a one-stream pass over the first window of the validation split: the speed of the
+        final evaluation on this machine today (set-up included, so a slight overestimate)."""
+        val = self.data.val
+        if val is None or val.num_tokens < 2:
+            return
+        n = min(val.num_tokens, PROBE_TOKENS + 1)
+        started = time.monotonic()
+        evaluate(self.model, Split(val.tokens[:n], n), self.data.tokenizer, autocast=self.bf16)
+        self.costs.exact_per_token = (time.monotonic() - started) / (n - 1)
+
+    def _time_the_end(self) -> None:
+        """Under a time budget, before the first step: time the final evaluation's speed, and pay
+        the import that the final drawing of curves.png needs (matplotlib, seconds on a busy
+        machine), which the end of the run would otherwise pay unforeseen."""
+        self._time_exact_pass()
+        val, streams = self.data.val, self.eval_streams()
+        if val is not None and self.costs.interval_per_token is None and streams > 1:
+            # And an interval pass's, on a few tokens per stream, until one is timed (on this rank
+            # alone: under torchrun an overestimate, the pieces being shared among the ranks).
+            n = min(val.num_tokens, streams * PROBE_TOKENS // 8 + 1)
+            started = time.monotonic()
+            evaluate(self.model, Split(val.tokens[:n], n), self.data.tokenizer, streams=streams, autocast=self.bf16)
+            self.costs.interval_per_token = (time.monotonic() - started) / (n - 1)
+        if not self.ranks.is_main:
+            return  # only rank 0 draws
+        started = time.monotonic()
+        try:
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+        except ImportError:
+            return  # no drawing then (CurvesWriter says so, once)
+        self.costs.drawing = time.monotonic() - started + 0.2  # and the drawing itself, until timed
+
+    def refuse_spent_budget(self) -> None:
+        """A resume must train: refused, in one line saying what the run has used, when its budget
+        is spent already, or when its time budget leaves no time beyond the final evaluation."""
+        epochs = self.p.epoch + self.p.step_in_epoch / self.batcher.steps_per_epoch
+        used = f"the run has already trained {self.p.step:,} steps ({epochs:.2f} epochs) / {_duration(self.p.elapsed)}"
+        total = self.total_steps()
+        if total is not None and self.p.step >= total:
+            if self.cfg.max_steps == total:
+                option, budget = "--max-steps", f"--max-steps {self.cfg.max_steps}"
+            else:
+                option, budget = "--max-epochs", f"--max-epochs {self.cfg.max_epochs or DEFAULT_EPOCHS:g}"
+            raise CharrnnError(f"cannot resume: {used}, all of {budget}: give a larger {option}")
+        if self.cfg.max_time is not None:
+            final = self.exact_pass_cost()
+            if self.p.elapsed + final >= self.cfg.max_time:
+                needs = f" and its final evaluation takes about {_duration(final)} here" if final >= 0.5 else ""
+                raise CharrnnError(
+                    f"cannot resume: {used}{needs}, which leaves --max-time {_duration(self.cfg.max_time)} "
+                    "no time to train: give a larger --max-time"
+                )
 
     # ----- checkpoints -----
     def _payload(self, *, with_train_state: bool) -> dict[str, Any]:
@@ -276,13 +410,17 @@ class Trainer:
         return payload
 
     def save_last(self) -> None:
+        started = time.monotonic()
         payload = self._payload(with_train_state=True)  # every rank: it gathers
         if self.ranks.is_main:
             save_checkpoint(self.run.last, payload)
+        self.costs.saved(time.monotonic() - started)
 
     def save_best(self) -> None:
+        started = time.monotonic()
         if self.ranks.is_main:
             save_checkpoint(self.run.best, self._payload(with_train_state=False))
+        self.costs.saved(time.monotonic() - started)
 
     def restore(self, payload: dict[str, Any]) -> None:
         state = payload.get("train_state")
@@ -311,20 +449,38 @@ class Trainer:
 
     # ----- the loop -----
     def validate(self, *, exact: bool = False) -> float | None:
-        """The validation loss (nats per character): `exact` (the final evaluation) in one stream, else
-        in cfg.eval_streams pieces side by side, by default as many as the batch has streams."""
+        """The validation loss (nats per character). `exact` (the final evaluation): the whole split
+        in one stream, the figure `charrnn eval` gives. Else an estimate: the first cfg.eval_tokens
+        tokens (their characters counted by proportion), in cfg.eval_streams pieces side by side, by
+        default as many as the batch has streams."""
         if self.data.val is None:
             return None
         val = self.data.val
-        if self.cfg.eval_tokens is not None and val.num_tokens > self.cfg.eval_tokens:
+        if not exact and self.cfg.eval_tokens is not None and val.num_tokens > self.cfg.eval_tokens:
             # A huge validation split is sampled by its first eval_tokens tokens during training.
             share = self.cfg.eval_tokens / val.num_tokens
             val = Split(val.tokens[: self.cfg.eval_tokens], max(2, round(val.num_chars * share)))
         # Under torchrun the pieces are shared among the ranks and their sums added up: the number
         # is the one a single process gets with the same eval_streams, and every rank has it.
         streams = 1 if exact else self.eval_streams()
+        started = time.monotonic()
         result = evaluate(self.model, val, self.data.tokenizer, streams=streams, autocast=self.bf16, ranks=self.ranks)
+        per_token = (time.monotonic() - started) / max(1, val.num_tokens - 1)
+        if exact or streams == 1:
+            self.costs.exact_per_token = per_token
+        else:
+            self.costs.interval_per_token = per_token
         return result.nats_per_char
+
+    def _first_judged(self) -> bool:
+        """No evaluation has judged weights yet: the next one's are the best, whatever they score."""
+        return self.data.val is not None and self.p.best_val is None and self.p.bad_evals == 0
+
+    def _interval_is_exact(self) -> bool:
+        """Whether an interval evaluation is the exact one already: one stream over the whole split."""
+        val = self.data.val
+        capped = val is not None and self.cfg.eval_tokens is not None and val.num_tokens > self.cfg.eval_tokens
+        return self.eval_streams() == 1 and not capped
 
     def eval_streams(self) -> int:
         """Validation pieces during training: cfg.eval_streams, or the streams of all ranks' batches."""
@@ -340,26 +496,38 @@ class Trainer:
         metrics record, evaluating and saving on their schedules, and saving at the end."""
         self._announce()
         window = _Window(torch.tensor(self.p.window_loss, device=self.device), self.p.window_steps)
-        clock = time.monotonic() - self.p.elapsed
-        if self.budget_from is not None and self.p.step == 0:
-            clock = min(clock, self.budget_from)  # the time spent setting up counts too
+        # The run's clock: the time of its earlier sessions, then this one's from `budget_from` (its
+        # set-up included) or from now.
+        clock = (self.budget_from if self.budget_from is not None else time.monotonic()) - self.p.elapsed
+        if self.cfg.max_time is not None:
+            self._time_the_end()
         stop_reason = self._budget_spent() if self.p.step else None  # a new run takes at least one step
         self.net.train()
         while stop_reason is None:
+            began = time.monotonic()
             update = self.step()
             if update is None:
                 continue  # skipped: no step was taken
             loss, lr = update
             window.add(loss, self.tokens_per_step)
             # Every rank must read the same clock (time budget, LR schedule) and stop at the same step.
-            self.p.elapsed, signalled = self._agree(
-                time.monotonic() - clock, stop is not None and stop.signum is not None
-            )
-            stop_reason = "interrupted" if signalled else self._budget_spent()
+            signalled = stop is not None and stop.signum is not None
+            self.p.elapsed, signalled, reserve = self._agree(time.monotonic() - clock, signalled, self._reserve())
+            stop_reason = "interrupted" if signalled else self._budget_spent(reserve)
+            if stop_reason == TIME_SPENT and self.cfg.max_time is not None and self.p.elapsed < self.cfg.max_time:
+                self.report.on_message(
+                    f"stopping at {_duration(self.p.elapsed)} of --max-time {_duration(self.cfg.max_time)}: "
+                    f"the final exact evaluation and the last save take about {_duration(self._end_cost())}"
+                )
+            interval = stop_reason is None and self.p.step % self.cfg.eval_interval == 0
             stop_reason = self._log(window, lr, stop_reason, clock)
             if stop_reason is not None or self.p.step % (self.cfg.save_interval or self.cfg.eval_interval) == 0:
                 self.p.window_loss, self.p.window_steps = float(self.ranks.mean(window.loss_sum)), window.steps
+                if stop_reason is not None:  # the last checkpoint records the run's whole time
+                    self.p.elapsed = self._agree(time.monotonic() - clock, False)[0]
                 self.save_last()
+            if stop_reason is None:
+                self.costs.turned(time.monotonic() - began, evaluated=interval)
         return self._finish(stop_reason)
 
     def _announce(self) -> None:
@@ -442,10 +610,14 @@ class Trainer:
         if self.ranks.is_main:
             self.run.append_metrics(record)
             if evaluate_now:
+                started = time.monotonic()
                 self.curves.refresh()  # runs/NAME/curves.png; a failure is one message, never fatal
+                if time.monotonic() - started > 0.01:  # it drew (it skips a drawing that comes too soon)
+                    self.costs.drawing = time.monotonic() - started
         self.report.on_log(record)
         if evaluate_now and self.ranks.is_main and self.sampler.due(self.p.step, final=stop_reason is not None):
             sample = self.sampler.draw(self.model, self.p.step, record["time"], record["val_loss"])
+            self.costs.sample = sample.seconds
             self.run.append_sample(sample.record())
             self.report.on_sample(sample)
         return stop_reason
@@ -465,14 +637,34 @@ class Trainer:
         return record
 
     def _evaluate(self, record: dict[str, Any], stop_reason: str | None, clock: float) -> str | None:
-        """Score the validation split into `record`, keep the best weights, and count patience. The
-        final evaluation (the budget is spent, `stop_reason` says so) is exact."""
-        self.p.last_val = self.validate(exact=stop_reason not in (None, "interrupted"))
-        record["val_loss"] = self.p.last_val
-        self._early_stopping_and_best()
+        """Score the validation split into `record`, keep the best weights, and count patience.
+
+        The best weights and patience go by the interval estimate (capped, in pieces), so that
+        every evaluation is judged by the same measure. The final evaluation, when the run stops
+        here (its budget is spent, or patience runs out now), is also exact: the whole split in one
+        stream, the figure `charrnn eval` gives; that is its `val_loss`, and the estimate beside it
+        is `val_estimate`. `eval` says which kind a record holds ("interval" or "final")."""
+        # At the end, before any evaluation, the weights are the best whatever they score: no estimate.
+        ending = stop_reason not in (None, "interrupted")
+        estimate = None if ending and self._first_judged() else self.validate()
+        improved = self._judge(estimate)
+        if self.cfg.max_time is not None and stop_reason is None and not self._interval_is_exact():
+            self._time_exact_pass()  # the final evaluation's speed, as busy as the machine is now
         patience = self.cfg.patience
         if self.p.bad_evals and patience and self.p.bad_evals >= patience and stop_reason is None:
             stop_reason = f"no improvement in {patience} evaluations"
+        final = stop_reason not in (None, "interrupted")
+        exact = estimate
+        if final and (estimate is None or not self._interval_is_exact()):
+            exact = self.validate(exact=True)
+        self.p.last_val = exact if final else estimate
+        record["val_loss"] = self.p.last_val
+        record["eval"] = "final" if final else "interval"
+        if final and estimate is not None:
+            record["val_estimate"] = estimate
+        if improved:
+            self.save_best()  # once last_val is the figure the record gives: best's metrics say the same
+            self.best_exact = exact if final else None
         self.p.elapsed = self._agree(time.monotonic() - clock, False)[0]  # the evaluation's time counts
         record["time"] = round(self.p.elapsed, 3)
         return stop_reason
@@ -487,7 +679,7 @@ class Trainer:
             steps=self.p.step,
             epochs=self.p.epoch + self.p.step_in_epoch / self.batcher.steps_per_epoch,
             elapsed=self.p.elapsed,
-            best_val=self.p.best_val,
+            best_val=self.best_exact if self.best_exact is not None else self.p.best_val,
             last_val=self.p.last_val,
             train_loss=last_train,
             chars_per_sec=self.p.chars_seen * self.chars_per_token / max(self.p.elapsed, 1e-9),
@@ -496,25 +688,37 @@ class Trainer:
             history=self.history,
         )
 
-    def _agree(self, elapsed: float, signalled: bool) -> tuple[float, bool]:
-        """The elapsed time and the stop request every rank acts on: the latest clock, any signal."""
-        elapsed, flag = self.ranks.agree_max([elapsed, float(signalled)], self.device)
-        return elapsed, flag > 0
+    def _agree(self, elapsed: float, signalled: bool, reserve: float = 0.0) -> tuple[float, bool, float]:
+        """The elapsed time, stop request and time reserve every rank acts on: the latest clock,
+        any signal, the largest reserve."""
+        elapsed, flag, reserve = self.ranks.agree_max([elapsed, float(signalled), reserve], self.device)
+        return elapsed, flag > 0, reserve
 
-    def _early_stopping_and_best(self) -> None:
-        val = self.p.last_val
+    def _judge(self, val: float | None) -> bool:
+        """Count patience by the validation loss `val`; whether these weights are the best so far."""
         if val is None:
-            self.save_best()  # no validation split: the latest weights are the best we know
-            return
+            return True  # no validation split: the latest weights are the best we know
         if not math.isfinite(val):
             self.p.bad_evals += 1
-            return
+            return False
         if self.p.best_val is None or val < self.p.best_val:
             self.p.best_val = val
             self.p.bad_evals = 0
-            self.save_best()
-        else:
-            self.p.bad_evals += 1
+            return True
+        self.p.bad_evals += 1
+        return False
+
+
+def _duration(seconds: float) -> str:
+    """90.4 -> '1m30s', 3.2 -> '3.2s', 7300 -> '2h01m40s': what a message says of a time."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _corpus_info(corpus: Corpus, val_corpus: Corpus | None, dataset: Dataset) -> dict[str, Any]:
@@ -553,9 +757,11 @@ def train(
     continues this job's run from its last checkpoint instead of starting over.
 
     The time budget (cfg.max_time, and the schedule that follows it) counts from the first
-    training step, or from `budget_from`, an earlier `time.monotonic()` reading: the benchmarks
-    pass their own start, so that data loading and model construction count against the budget
-    as the benchmark protocol says. At least one step runs however much of it setting up took.
+    training step, or from `budget_from`, an earlier `time.monotonic()` reading: `charrnn.train`
+    (and so `charrnn train`) passes the moment it was called, the benchmarks their own start, so
+    that data loading and model construction count against the budget. It covers the end of the
+    run too: training stops early enough for the final exact evaluation and the last save to fit
+    (`Trainer._reserve`). At least one step runs however much of it setting up took.
     """
     report = report or Report()
     with distributed.session() as ranks:
@@ -645,9 +851,14 @@ def resume(
     report: Report | None = None,
     handle_signals: bool = False,
     cache_dir: Path | None = None,
+    budget_from: float | None = None,
 ) -> TrainResult:
-    """Continue the run in `run_path` from its `last` checkpoint; `budget` may extend
-    max_steps / max_epochs / max_time.
+    """Continue the run in `run_path` from its `last` checkpoint; `budget` holds the options a
+    resume may change. A budget in it (max_steps, max_epochs, max_time: any of them) replaces the
+    saved one as a whole, and is the run's total: max_steps=40 trains to step 40, max_time=60 to
+    one minute of the run's time in all. `budget_from` is when this session's clock started, as
+    in `train`. A budget that is spent already (or a time budget that leaves nothing beyond the
+    final evaluation) is refused with a CharrnnError, and the run directory is left as it was.
 
     Under torchrun, rank 0 reads the checkpoint and hands it to the others. The same number of
     ranks continues exactly; another number re-shards the run's streams if it divides their
@@ -658,11 +869,11 @@ def resume(
         if not ranks.is_main:
             report = Report()
         run = RunDir(run_path)
-        payload = ranks.broadcast(ranks.together(lambda: _open_last(run) if ranks.is_main else None))
+        # Read without the lock, which writes to the run, and take it only once the resume is known
+        # to train: a refused resume leaves every file as it was.
+        payload, stamp = ranks.broadcast(ranks.together(lambda: _read_last(run) if ranks.is_main else None))
         try:
-            cfg = train_config_of(payload)
-            if budget:
-                cfg = from_dict(TrainConfig, {**asdict(cfg), **{k: v for k, v in budget.items() if v is not None}})
+            cfg = resumed_config(train_config_of(payload), budget)
             model_cfg = from_dict(ModelConfig, payload["model_config"])
             info = payload.get("corpus") or {}
             saved = payload.get("train_state") or {}
@@ -672,8 +883,10 @@ def resume(
             if batch != cfg.batch_size:
                 cfg = from_dict(TrainConfig, {**asdict(cfg), "batch_size": batch})
             dataset = _prepare_in_turn(ranks, lambda: _dataset_to_resume(payload, cfg, cache_dir, report))
-            trainer = Trainer(run, dataset, model_cfg, cfg, info, report, ranks=ranks)
+            trainer = Trainer(run, dataset, model_cfg, cfg, info, report, ranks=ranks, budget_from=budget_from)
             trainer.restore(payload)
+            ranks.together(trainer.refuse_spent_budget)
+            ranks.together(lambda: _lock_unchanged(run, stamp) if ranks.is_main else None)
             if ranks.is_main:
                 run.trim_metrics(trainer.p.step)
             report.on_message(f"resuming {run_path} at step {trainer.p.step}")
@@ -682,19 +895,42 @@ def resume(
             run.unlock()
 
 
-def _open_last(run: RunDir) -> dict[str, Any]:
-    """Lock the run and read its last checkpoint."""
+def resumed_config(cfg: TrainConfig, changes: dict[str, Any] | None) -> TrainConfig:
+    """The saved config with a resume's changes (None: not given). A budget given replaces the
+    saved budget as a whole: --max-time alone on resume clears a saved --max-steps."""
+    given = {name: value for name, value in (changes or {}).items() if value is not None}
+    if not given:
+        return cfg
+    if any(name in given for name in BUDGET):
+        given = {**dict.fromkeys(BUDGET), **given}
+    return from_dict(TrainConfig, {**asdict(cfg), **given})
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    info = path.stat()
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _read_last(run: RunDir) -> tuple[dict[str, Any], tuple[int, int, int]]:
+    """The run's last checkpoint, read without taking the lock (files are replaced whole, so the
+    read is of one file or the other), and a stamp of that file to check it by once locked."""
     if not run.path.is_dir():
         raise CharrnnError(f"cannot resume: no run directory {run.path}")
     last = run.resume_from()  # last.safetensors, or a 0.1 run's last.pt
     if last is None:
         raise CharrnnError(f"cannot resume: {run.path} has no {run.last.name} checkpoint")
+    run.refuse_if_locked()  # a run being trained is refused as such, before anything else is said of it
+    stamp = _stamp(last)
+    return load_checkpoint(last), stamp
+
+
+def _lock_unchanged(run: RunDir, stamp: tuple[int, int, int]) -> None:
+    """Take the run's lock; refuse if its last checkpoint was replaced since it was read."""
     run.lock()
-    try:
-        return load_checkpoint(last)
-    except CharrnnError:
+    last = run.resume_from()
+    if last is None or _stamp(last) != stamp:
         run.unlock()
-        raise
+        raise CharrnnError(f"cannot resume: {run.path} was written to while this resume read it; try again")
 
 
 def _dataset_to_resume(payload: dict[str, Any], cfg: TrainConfig, cache_dir: Path | None, report: Report) -> Dataset:

@@ -167,4 +167,5 @@ def test_a_time_budget_can_count_from_before_setup(tmp_path: Path, corpus_file: 
     cfg = _cfg(max_time=3.0, eval_interval=10**6, log_interval=1)
     timed = train(corpus, SMALL_MODEL, cfg, tmp_path / "timed", report=report, budget_from=started)
     assert timed.history[0]["time"] >= setup_done[0] - started  # the first step's clock includes the setup
-    assert timed.history[-1]["time"] >= 3.0 and timed.last_val is not None
+    # The budget ends the run, its final evaluation inside it (tests/test_budgets.py times that part).
+    assert timed.stop_reason == "time budget reached" and timed.last_val is not None

@@ -114,10 +114,12 @@ def test_validation_uses_the_batch_while_training_and_one_stream_at_the_end(
 
     monkeypatch.setattr(sys.modules["charrnn.train"], "evaluate", spy)
     run = train(corpus_file, run=tmp_path / "run", **{**SMALL, "max_steps": 25})
-    assert streams == [4, 4, 1]  # steps 10 and 20 in the batch's 4 streams, the final one exact
+    # Steps 10 and 20 in the batch's 4 streams; at step 25 the estimate that judges the best weights
+    # by the same measure, then the final evaluation, exact.
+    assert streams == [4, 4, 4, 1]
     streams.clear()
     train(corpus_file, run=tmp_path / "given", **{**SMALL, "max_steps": 25}, eval_streams=3)
-    assert streams == [3, 3, 1]
+    assert streams == [3, 3, 3, 1]
     # The final number is the one `charrnn eval` gives for the same weights.
     [(_, exact)] = evaluate_run(run.path / "last.safetensors", [], baselines=False, device="cpu")
     assert run.history[-1]["val_loss"] == pytest.approx(exact["nats_per_char"], rel=1e-9)
