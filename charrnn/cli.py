@@ -17,7 +17,7 @@ import typer
 
 from charrnn import __version__, jsonout
 from charrnn.errors import CharrnnError, Interrupted
-from charrnn.options import CORPUS, DURATION, FILES, OPTIONS, SIZE, Option, resume_applies
+from charrnn.options import CORPUS, DURATION, FILES, OPTIONS, SIZE, Option, check_nproc, resume_applies
 
 if TYPE_CHECKING:
     from charrnn.runs import Run
@@ -119,6 +119,7 @@ def train(ctx: typer.Context, corpus: Optional[list[str]] = None, **values: Any)
 
     given = _given(ctx, values)
     if values["nproc"] is not None:  # this process becomes torchrun, which runs this command N times
+        check_nproc(values["nproc"])
         announce = None if values["quiet"] else lambda line: print(f"running: {line}")
         distributed.relaunch(values["nproc"], _argv, announce=announce)
     run, resume = given.pop("run", None), given.pop("resume", None)
@@ -393,6 +394,49 @@ def _quiet_when_the_reader_leaves(callback: Any) -> Any:
     return command
 
 
+class _Stdout:
+    """sys.stdout for the length of a command, remembering the OSError a write or flush of it
+    raised: a full disk (`charrnn sample > /dev/full`) is then told from any other OSError."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.error: OSError | None = None
+
+    def _noted(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def write(self, text: str) -> int:
+        return self._noted(self.stream.write, text)
+
+    def flush(self) -> None:
+        self._noted(self.stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _stdout_failed(stdout: _Stdout, exc: OSError) -> None:
+    """Stdout cannot take what was written: one line, exit 1; a reader that left (a broken pipe)
+    is exit 0, as in `_quiet_when_the_reader_leaves`. What is still buffered for it is dropped,
+    so that the interpreter's last flush does not fail again ("Exception ignored ...")."""
+    import os
+
+    from charrnn.files import os_error_reason
+
+    if stdout.stream is sys.__stdout__:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.stream.fileno())
+        except (OSError, ValueError):
+            pass
+    if isinstance(exc, BrokenPipeError):
+        sys.exit(0)
+    _fail(f"could not write to standard output: {os_error_reason(exc)}", 1)
+
+
 def _fail(message: str, code: int) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "error"
     print(f"charrnn: error: {first}", file=sys.stderr)
@@ -423,8 +467,23 @@ def main(argv: list[str] | None = None) -> None:
     for sub in getattr(command, "commands", {}).values():
         sub.callback = _quiet_when_the_reader_leaves(sub.callback)
     _untag_flags(command)
+    stdout = sys.stdout = _Stdout(sys.stdout)
+    try:
+        _run(command, argv, stdout)
+    finally:
+        try:
+            stdout.flush()  # a full disk is found here, not in the interpreter's flush at exit
+        except OSError as exc:
+            _stdout_failed(stdout, exc)
+        finally:
+            sys.stdout = stdout.stream
+
+
+def _run(command: Any, argv: list[str] | None, stdout: _Stdout) -> None:
+    """Run the command line; every way it ends becomes an exit status (and one line on stderr)."""
     try:
         code = command.main(args=argv, prog_name="charrnn", standalone_mode=False)
+        sys.stdout.flush()
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -455,6 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as exc:  # a bug: one line by default, the traceback with --debug
+        if isinstance(exc, OSError) and exc is stdout.error:
+            _stdout_failed(stdout, exc)
         if _debug:
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)

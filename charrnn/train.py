@@ -26,6 +26,7 @@ import torch
 
 from charrnn import __version__, distributed
 from charrnn.checkpoint import load_checkpoint, save_checkpoint, train_config_of
+from charrnn.checkpoint_checks import check_optimizer_state, check_train_state
 from charrnn.config import ModelConfig, TrainConfig, asdict, from_dict
 from charrnn.data.batcher import StreamBatcher, fit_batch_size, token_counts
 from charrnn.data.corpus import Corpus
@@ -426,6 +427,7 @@ class Trainer:
         state = payload.get("train_state")
         if not isinstance(state, dict):
             raise CharrnnError(f"{self.run.last} has no training state to resume from")
+        check_optimizer_state(self.run.resume_from() or self.run.last, state.get("optimizer"), self.optimizer, self.model)
         try:
             self.model.load_state_dict(payload["model"])
             self.origin = payload.get("init_from")  # a fine-tune's record of its source
@@ -873,6 +875,7 @@ def resume(
         # to train: a refused resume leaves every file as it was.
         payload, stamp = ranks.broadcast(ranks.together(lambda: _read_last(run) if ranks.is_main else None))
         try:
+            check_train_state(run.resume_from() or run.last, payload)  # before anything is built or written
             cfg = resumed_config(train_config_of(payload), budget)
             model_cfg = from_dict(ModelConfig, payload["model_config"])
             info = payload.get("corpus") or {}

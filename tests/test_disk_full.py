@@ -180,3 +180,193 @@ def test_a_real_full_filesystem(tiny_fs: Path, corpus_file: Path) -> None:
     _assert_intact(run, before)
     filler.unlink()
     assert resume(run, budget={"max_steps": 20}).steps == 20
+
+
+# ----- the token cache (issue 19, item 11): a full disk is one line, and no partial entry -----
+
+NAMES = "Anna Bruno Clara Dmitri Elena Felix Greta Hugo Ines Jonas Karla Lukas Mara Nils Olga Pavel".split()
+
+
+def _cache_files(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize(
+    ("failing", "lines"),
+    [(".bin.", False), (".tok.pt.", False), (".json.", False), (".bin.", True), (".lines.npz.", True)],
+    ids=["tokens", "tokenizer", "metadata", "lines-tokens", "lines-hashes"],
+)
+def test_a_full_disk_while_the_token_cache_is_written_is_one_line_and_leaves_no_partial_entry(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch, failing: str, lines: bool
+) -> None:
+    """Old code: internal error (OSError, or torch.save's RuntimeError), and the tokenizer's or the
+    metadata's temporary file left in the cache."""
+    from charrnn.data import dataset as dataset_module
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(cache))
+    corpus = corpus_file
+    if lines:
+        corpus = tmp_path / "names.txt"
+        corpus.write_text("".join(f"{name}\n" for name in NAMES * 4))
+    real_open = builtins.open
+
+    def full_for_one(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(file, mode, *args, **kwargs)
+        return _FullDisk(handle, 10) if "w" in mode and failing in Path(file).name else handle
+
+    for module in (files_module, dataset_module):
+        monkeypatch.setattr(module, "open", full_for_one, raising=False)
+    config = CONFIG if not lines else TrainConfig(**{**CONFIG.__dict__, "lines": True, "val_frac": 0.2})
+    with pytest.raises(CharrnnError) as failed:
+        train(find_corpus([str(corpus)]), MODEL, config, tmp_path / "run")
+    message = str(failed.value)
+    assert message.startswith(f"could not write the token cache in {cache}: the disk is full; nothing of it was kept")
+    assert "\n" not in message and "CHARRNN_CACHE_DIR" in message
+    assert not [name for name in _cache_files(cache) if name.endswith(".tmp")], _cache_files(cache)
+    assert not [name for name in _cache_files(cache) if name.endswith(".json")]  # no entry that looks valid
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(cache))
+    assert train(find_corpus([str(corpus)]), MODEL, config, tmp_path / "run").steps == 10  # room again: it goes on
+
+
+def test_a_read_only_cache_is_one_line_too(tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from charrnn.data import dataset as dataset_module
+
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "cache"))
+
+    def read_only(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if "w" in mode and str(file).startswith(str(tmp_path / "cache")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    for module in (files_module, dataset_module):
+        monkeypatch.setattr(module, "open", read_only, raising=False)
+    real_unlink = os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:  # its clean-up fails as well
+        if str(path).startswith(str(tmp_path / "cache")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(CharrnnError, match="could not write the token cache in .*: the file system is read-only"):
+        train(find_corpus([str(corpus_file)]), MODEL, CONFIG, tmp_path / "run")
+
+
+def test_temporary_cache_files_of_a_killed_process_go_at_the_next_build(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(cache))
+    train(find_corpus([str(corpus_file)]), MODEL, CONFIG, tmp_path / "first")
+    key = next(cache.glob("*.bin")).name.split(".")[0]
+    for path in list(cache.iterdir()):
+        path.unlink()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    stale = [
+        f"{key}.bin.{dead}.tmp",
+        f"{key}.bin.{dead}.lines.tmp",
+        f".{key}.tok.pt.{dead}.tmp",
+        f".{key}.json.{dead}.tmp",
+    ]
+    kept = [f"{key}.bin.{os.getppid()}.tmp", f"other.bin.{dead}.tmp"]  # a live writer's, another entry's
+    for name in stale + kept:
+        (cache / name).write_bytes(b"half")
+    train(find_corpus([str(corpus_file)]), MODEL, CONFIG, tmp_path / "second")
+    assert sorted(name for name in _cache_files(cache) if name.endswith(".tmp")) == sorted(kept)
+
+
+# ----- standard output that cannot be written (issue 19, item 11): `charrnn sample > /dev/full` -----
+
+
+class _FullStdout:
+    """Standard output on a full disk: every write fails as /dev/full's does."""
+
+    encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "no file descriptor")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import KJV
+
+    base = tmp_path_factory.mktemp("stdout")
+    corpus = base / "corpus.txt"
+    corpus.write_text(KJV.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHARRNN_CACHE_DIR", str(base / "cache"))
+        train(find_corpus([str(corpus)]), MODEL, CONFIG, base / "run")
+    return base / "run"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sample", "RUN", "--length", "20"],
+        ["sample", "RUN", "--length", "20", "--num-samples", "2", "--json"],
+        ["eval", "RUN", "--no-baselines", "--device", "cpu"],
+        ["eval", "RUN", "--json", "--no-baselines", "--device", "cpu"],
+        ["score", "RUN", "TEXT", "--device", "cpu"],
+        ["score", "RUN", "TEXT", "--json", "--device", "cpu"],
+        ["runs", "RUNS"],
+        ["runs", "RUNS", "--json"],
+        ["viz", "RUN", "TEXT", "--term", "--device", "cpu"],
+        ["viz", "RUN", "TEXT", "--json", "--device", "cpu"],
+        ["plot", "RUN", "--term"],
+        ["--version"],
+        ["sample", "--help"],
+    ],
+    ids=lambda args: " ".join(a for a in args if a.isalpha() or a.startswith("--"))[:40],
+)
+def test_a_command_whose_standard_output_is_full_says_so_in_one_line(
+    small_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+) -> None:
+    """Old code: "internal error: OSError: [Errno 28] No space left on device"."""
+    from charrnn.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text("In the beginning God created the heaven and the earth.\n" * 3)
+    where = {"RUN": str(small_run), "RUNS": str(small_run.parent), "TEXT": str(text)}
+    monkeypatch.setattr("sys.stdout", _FullStdout())
+    with pytest.raises(SystemExit) as exited:
+        main([where.get(a, a) for a in args])
+    err = capsys.readouterr().err
+    assert exited.value.code == 1, err
+    assert err == "charrnn: error: could not write to standard output: the disk is full\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+def test_sample_into_dev_full_is_one_line_and_exit_1(small_run: Path) -> None:
+    """A real /dev/full: the output is block-buffered, so the failure comes at a flush, or at exit."""
+    from conftest import CLI
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [*CLI, "sample", str(small_run), "--length", "30"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert done.stderr == "charrnn: error: could not write to standard output: the disk is full\n"

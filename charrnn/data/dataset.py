@@ -13,10 +13,14 @@ vocabulary grows by the new training text's characters, the other kinds are kept
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
+import inspect
 import json
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,7 @@ from charrnn.config import TrainConfig
 from charrnn.data import lines
 from charrnn.data.corpus import Corpus, find_corpus
 from charrnn.data.tokenizers import (
+    MAX_MODEL_BYTES,
     CharTokenizer,
     CharVocabCounter,
     Tokenizer,
@@ -36,6 +41,7 @@ from charrnn.data.tokenizers import (
     train_tokenizer,
 )
 from charrnn.errors import CharrnnError
+from charrnn.files import discard, os_error_reason, pid_alive, replace_atomically
 
 CACHE_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -233,25 +239,31 @@ def prepare_dataset(
     meta_path, tokens_path, tok_path = (directory / f"{key}.{ext}" for ext in ("json", "bin", "tok.pt"))
     lines_path = directory / f"{key}.{lines.LINES_FILE}"
     meta = _read_meta(meta_path, tokens_path)
-    if meta is None or (cfg.lines and not lines_path.is_file()):
+    entry = None
+    if meta is not None and not (cfg.lines and not lines_path.is_file()):
+        try:
+            entry = _open_entry(meta, tokens_path, tok_path)
+            progress(f"token cache hit: {tokens_path}")
+        except _Damaged as exc:  # it is a cache: build the entry again
+            progress(f"the token cache entry {tokens_path.with_suffix('')} does not check out ({exc}): rebuilding it")
+            if tok_path.is_dir():  # not a file charrnn wrote, and not one to delete
+                raise CharrnnError(f"cannot rebuild the token cache: {tok_path} is a directory (remove it)") from None
+    if entry is None:
         progress(f"tokenizing {corpus.describe()} into the cache at {directory}")
         if cfg.lines:
             meta = _build_lines_cache(corpus, cfg, tokens_path, tok_path, meta_path, lines_path, progress, base)
         else:
             meta = _build_cache(corpus, val_corpus, cfg, tokens_path, tok_path, meta_path, progress, base)
-    else:
-        progress(f"token cache hit: {tokens_path}")
+        try:
+            entry = _open_entry(meta, tokens_path, tok_path)
+        except _Damaged as exc:  # changed under us as it was written (another process, a failing disk)
+            raise CharrnnError(
+                f"the token cache entry just written to {directory} does not check out ({exc})"
+            ) from None
+    tokenizer, flat = entry
     line_sets = lines.LineSets.load(lines_path) if cfg.lines else None
     if line_sets is not None:
         progress(line_sets.describe())
-    tokenizer = tokenizer_from_state(torch.load(tok_path, weights_only=True))
-    dtype = storage_dtype(tokenizer.vocab_size)
-    total = sum(meta["tokens"])
-    flat = (
-        torch.from_file(str(tokens_path), shared=False, size=total, dtype=dtype)
-        if total
-        else torch.empty(0, dtype=dtype)
-    )
     splits: list[Split | None] = []
     start = 0
     for count, chars in zip(meta["tokens"], meta["chars"]):
@@ -275,6 +287,63 @@ def _one_symbol(tokens: torch.Tensor) -> bool:
     return n > 0 and all(bool((tokens[i : i + step] == tokens[0]).all()) for i in range(0, n, step))
 
 
+class _Damaged(Exception):
+    """A token cache entry that does not check out: its tokenizer, its metadata or its ids."""
+
+
+def _open_entry(meta: dict, tokens_path: Path, tok_path: Path) -> tuple[Tokenizer, torch.Tensor]:
+    """The tokenizer and the memory-mapped ids of a cache entry whose metadata `_read_meta` found,
+    checked to belong together: the tokenizer file reads (as plain values only) into a tokenizer,
+    the one the metadata records, and every id is one of its ids. _Damaged (why) otherwise."""
+    counts, chars = meta.get("tokens"), meta.get("chars")
+    for values in (counts, chars):
+        if not isinstance(values, list) or len(values) != len(SPLITS):
+            raise _Damaged("its metadata is malformed")
+        if any(type(v) is not int or v < 0 for v in values):
+            raise _Damaged("its metadata is malformed")
+    try:
+        if tok_path.stat().st_size > MAX_MODEL_BYTES + (1 << 20):
+            raise _Damaged("its tokenizer file is far too big")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(tok_path, weights_only=True)
+    except _Damaged:
+        raise
+    except Exception as exc:  # noqa: BLE001 (missing, truncated, garbage, or a pickle asking for code: all refused)
+        raise _Damaged(f"its tokenizer file does not read: {type(exc).__name__}") from None
+    try:
+        tokenizer = tokenizer_from_state(state)
+    except CharrnnError as exc:
+        raise _Damaged(f"its tokenizer file holds no tokenizer: {exc}") from None
+    dtype = storage_dtype(tokenizer.vocab_size)
+    if meta.get("itemsize") != dtype.itemsize:
+        raise _Damaged("its ids are stored for another vocabulary size")
+    digest = _tokenizer_digest(tokenizer)
+    if meta.get("tokenizer", digest) != digest:  # entries of older charrnn versions do not record it
+        raise _Damaged("its tokenizer is not the one its ids were encoded with")
+    total = sum(counts)
+    flat = (
+        torch.from_file(str(tokens_path), shared=False, size=total, dtype=dtype)
+        if total
+        else torch.empty(0, dtype=dtype)
+    )
+    if not _ids_in_range(flat, tokenizer.vocab_size):
+        raise _Damaged(f"it holds ids outside its tokenizer's 0..{tokenizer.vocab_size - 1}")
+    return tokenizer, flat
+
+
+def _ids_in_range(ids: torch.Tensor, vocab_size: int) -> bool:
+    """Every id in 0..vocab_size-1; read in pieces (the ids of a big corpus are memory-mapped)."""
+    if ids.dtype == torch.uint8 and vocab_size >= 256:
+        return True
+    step = 1 << 24
+    for i in range(0, ids.numel(), step):
+        low, high = torch.aminmax(ids[i : i + step])
+        if int(low) < 0 or int(high) >= vocab_size:
+            return False
+    return True
+
+
 def _read_meta(meta_path: Path, tokens_path: Path) -> dict | None:
     try:
         meta = json.loads(meta_path.read_text())
@@ -286,6 +355,43 @@ def _read_meta(meta_path: Path, tokens_path: Path) -> dict | None:
     return None
 
 
+def _cache_write(build: Callable[..., dict]) -> Callable[..., dict]:
+    """`build` (a function with a `tokens_path` argument) made safe for a full disk: temporary files
+    of this entry that a killed process left are removed first, and an OSError while the entry is
+    written (disk full, read-only, quota) is one CharrnnError, after `build`'s own clean-up has
+    removed everything it wrote but did not finish. A cache that cannot be written stops the run:
+    the splits are memory-mapped from it."""
+    signature = inspect.signature(build)
+
+    @functools.wraps(build)
+    def safely(*args: Any, **kwargs: Any) -> dict:
+        tokens_path = signature.bind(*args, **kwargs).arguments["tokens_path"]
+        _remove_stale(tokens_path.parent, tokens_path.name.split(".")[0])
+        try:
+            return build(*args, **kwargs)
+        except OSError as exc:
+            raise CharrnnError(
+                f"could not write the token cache in {tokens_path.parent}: {os_error_reason(exc)}; "
+                "nothing of it was kept (free some space, or set CHARRNN_CACHE_DIR to a directory with room)"
+            ) from None
+
+    return safely
+
+
+def _remove_stale(directory: Path, key: str) -> None:
+    """Remove the temporary files of cache entry `key` whose writer is gone (killed mid-write)."""
+    pattern = re.compile(rf"\.?{re.escape(key)}\.[a-z.]+?\.([0-9]{{1,10}})(?:\.lines)?\.tmp")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        found = pattern.fullmatch(name)
+        if found is not None and int(found[1]) != os.getpid() and not pid_alive(int(found[1])):
+            discard(directory / name)
+
+
+@_cache_write
 def _build_cache(
     corpus: Corpus,
     val_corpus: Corpus | None,
@@ -334,23 +440,21 @@ def _build_cache(
                 tokens[2] = encoders[2].finish()
         os.replace(tmp, tokens_path)
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)  # never raises over the error that brought us here (a read-only file system)
     return _commit_cache(tokenizer, tokens, chars, tok_path, meta_path)
 
 
 def _commit_cache(tokenizer: Tokenizer, tokens: list[int], chars: list[int], tok_path: Path, meta_path: Path) -> dict:
     """Save the tokenizer, then the metadata that makes the cache entry valid; returns the metadata."""
-    tok_tmp = tok_path.with_name(f"{tok_path.name}.{os.getpid()}.tmp")
-    torch.save(tokenizer.to_state(), tok_tmp)
-    os.replace(tok_tmp, tok_path)
+    replace_atomically(tok_path, lambda handle: torch.save(tokenizer.to_state(), handle))
     itemsize = storage_dtype(tokenizer.vocab_size).itemsize
     meta = {"version": CACHE_VERSION, "tokens": tokens, "chars": chars, "itemsize": itemsize}
-    meta_tmp = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.tmp")
-    meta_tmp.write_text(json.dumps(meta))
-    os.replace(meta_tmp, meta_path)
+    meta["tokenizer"] = _tokenizer_digest(tokenizer)  # what `_open_entry` checks the tokenizer file against
+    replace_atomically(meta_path, lambda handle: handle.write(json.dumps(meta).encode()))
     return meta
 
 
+@_cache_write
 def _build_lines_cache(
     corpus: Corpus,
     cfg: TrainConfig,
@@ -379,11 +483,11 @@ def _build_lines_cache(
                     chars[side] += len(block)
                     encoder.feed(block)
                 tokens[side] = encoder.finish()
-        lines.LineSets.of(index, sides).save(lines_path)
+        replace_atomically(lines_path, lines.LineSets.of(index, sides).write)
         os.replace(tmp, tokens_path)
     finally:
-        spool.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
+        discard(spool)
+        discard(tmp)
     return _commit_cache(tokenizer, tokens, chars, tok_path, meta_path)
 
 

@@ -25,6 +25,7 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,11 +200,15 @@ class LineSets:
         blank = f", {self.blank:,} blank left out" if self.blank else ""
         return f"--lines: {sum(self.lines):,} lines ({distinct:,} distinct{blank}): {', '.join(parts)}"
 
-    def save(self, path: Path) -> None:
+    def write(self, handle: Any) -> None:
+        """Write the sets to an open binary file, as lines.npz holds them."""
         buffer = io.BytesIO()
         numbers = np.array([*self.lines, self.longest, self.blank], np.int64)
         np.savez(buffer, train=self.train, val=self.val, test=self.test, numbers=numbers)
-        atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+        handle.write(buffer.getvalue())
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, self.write)
 
     @classmethod
     def load(cls, path: Path) -> LineSets:

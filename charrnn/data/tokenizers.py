@@ -38,6 +38,11 @@ _CHAR_CHUNK = 1 << 20
 # Arrays of ids at least this long decode through numpy (`_PieceTable`); shorter ones and lists
 # through a Python loop, which costs less at that size than numpy's per-call overhead.
 _ARRAY_DECODE_MIN = 64
+# The largest SentencePiece model a tokenizer state may hold. A piece takes some 16 bytes of it
+# (measured at 4,000 pieces of the KJV), at most about 70 (16 characters of 4 bytes), so a model of
+# the largest vocabulary charrnn trains, 2^20 pieces, stays well under this; a bigger blob is not a
+# model charrnn wrote, and would cost several times its size to copy and parse.
+MAX_MODEL_BYTES = 128 << 20
 
 
 def _without_surrogates(text: str) -> str:
@@ -558,4 +563,11 @@ def tokenizer_from_state(state: dict) -> Tokenizer:
     model = state.get("model")  # a torch tensor, or a numpy array when read without torch
     if str(getattr(model, "dtype", None)) not in ("torch.uint8", "uint8") or getattr(model, "ndim", None) != 1:
         raise CharrnnError(f"{kind} tokenizer state needs 'model', a 1-D uint8 tensor")
-    return SentencePieceTokenizer(kind, bytes(model.tolist()))
+    if model.shape[0] > MAX_MODEL_BYTES:
+        raise CharrnnError(
+            f"the {kind} tokenizer model is {model.shape[0]:,} bytes, more than a SentencePiece model of any "
+            f"vocabulary charrnn trains ({MAX_MODEL_BYTES:,} at most)"
+        )
+    # One copy of the bytes (a list of their ints would take 8 times as much, and then another copy).
+    data = model.numpy().tobytes() if hasattr(model, "numpy") else model.tobytes()
+    return SentencePieceTokenizer(kind, data)

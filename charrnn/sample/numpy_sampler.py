@@ -216,6 +216,19 @@ def sample_numpy(
     """Generate `settings.num_samples` continuations of `prime` from a model's weights (as
     `checkpoint.arrays_from_checkpoint` gives them). Same contract as `torch_sampler.sample`, token
     healing included: `on_text(stream, text)` gets text as it is made."""
+    # Scores that overflow float32 end sampling with one message (text.NOT_FINITE), not numpy's warnings.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _sample(cfg, weights, tokenizer, prime, settings, on_text)
+
+
+def _sample(
+    cfg: ModelConfig,
+    weights: dict[str, np.ndarray],
+    tokenizer: Tokenizer,
+    prime: str,
+    settings: SampleSettings,
+    on_text: Callable[[int, str], None] | None,
+) -> SampleResult:
     started = time.perf_counter()
     ids, unknown, healed = start_ids(tokenizer, prime)
     batch = settings.num_samples

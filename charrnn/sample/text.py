@@ -13,12 +13,26 @@ from typing import Any
 from charrnn.data.tokenizers import Tokenizer
 from charrnn.errors import CharrnnError
 
+# Both samplers ban <unk> by a score of -inf, so it is drawn only when the scores are NaN: the
+# model's arithmetic overflowed float32. What it would write is then noise, so sampling stops.
+NOT_FINITE = (
+    "the model's scores became NaN while sampling (its weights are too large to compute with in float32): "
+    "nothing can be drawn from them"
+)
+
+
+def refuse_unk(ids: Sequence[int], unk_id: int | None) -> None:
+    """Stop with NOT_FINITE when the ids just drawn hold <unk>, which a sampler never draws from finite scores."""
+    if unk_id is not None and unk_id in ids:
+        raise CharrnnError(NOT_FINITE)
+
 
 class TextStream:
     """One sample's text, what of it has been handed out, and whether it is finished."""
 
     def __init__(self, tokenizer: Tokenizer, length: int, stops: Sequence[str], healed: str = "") -> None:
         self.decoder = tokenizer.stream_decoder()
+        self.unk_id = tokenizer.unk_id
         self.healed = healed  # the prime's own text that generation writes again first; not output
         self.text = ""
         self.emitted = 0
@@ -33,6 +47,7 @@ class TextStream:
         (a stop string or the length can end the text inside a block of ids)."""
         if self.done:
             return ""
+        refuse_unk(ids, self.unk_id)
         before = (self.decoder.getstate(), self.text, self.emitted, self.healed)
         out = self.add(self.decoder.push(ids))
         if not self.done:

@@ -15,10 +15,11 @@ from collections.abc import Callable
 import torch
 
 from charrnn.data.tokenizers import Tokenizer
+from charrnn.errors import CharrnnError
 from charrnn.model import RNNLanguageModel, SingleStep, flat_state
 from charrnn.sample import triton_chooser
 from charrnn.sample.settings import BLOCK_CPU, SampleResult, SampleSettings
-from charrnn.sample.text import Healing, TextStream, deliver, start_ids
+from charrnn.sample.text import NOT_FINITE, Healing, TextStream, deliver, start_ids
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -177,6 +178,8 @@ def _decode_bulk(tokenizer: Tokenizer, collected: list[torch.Tensor], length: in
     if not collected:
         return [""] * batch
     rows = torch.cat(collected)[:length].t().cpu().numpy()
+    if tokenizer.unk_id is not None and bool((rows == tokenizer.unk_id).any()):
+        raise CharrnnError(NOT_FINITE)
     return [tokenizer.decode(ids) for ids in rows]
 
 
