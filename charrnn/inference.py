@@ -3,11 +3,11 @@
     model = charrnn.load("runs/demo")
     print(model.generate("And God said", length=200, seed=1))
 
-`load` reads the checkpoint once, as numpy arrays, without importing torch. On the CPU, up to
-`NUMPY_MAX_STREAMS` samples at a time come from the numpy sampler on those arrays, so a script
-that only samples on the CPU never imports torch. More samples, another device, `evaluate` and
-`score` use the torch model, built from the same arrays the first time one of them needs it.
-`CHARRNN_SAMPLER=torch` sends every sample to torch.
+`load` reads the checkpoint once, as numpy arrays, without importing torch. On the CPU, every
+sample comes from the numpy sampler on those arrays, so a script that only samples on the CPU
+never imports torch. Another device, `evaluate` and `score` use the torch model, built from the
+same arrays the first time one of them needs it. `CHARRNN_SAMPLER=torch` sends every sample to
+torch. Neither sampler touches the random state of torch, numpy or `random`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from charrnn.arguments import flag, integer, strings
 from charrnn.config import ModelConfig
 from charrnn.data.tokenizers import Tokenizer
 from charrnn.errors import CharrnnError
-from charrnn.sample.settings import NUMPY_MAX_STREAMS, SampleResult, SampleSettings
+from charrnn.sample.settings import SampleResult, SampleSettings
 from charrnn.sample.text import start_ids
 
 if TYPE_CHECKING:
@@ -124,8 +124,10 @@ class Model:
         `num_samples` texts generated side by side when more than one is asked for.
 
         temperature 0 is greedy; top_k (0 = off) and top_p (1 = off) narrow each draw; the same
-        seed gives the same text (on the same sampler); a sample ends before the first of its
-        `stop` strings. A prime character the model never saw is read as <unk> (a CharrnnWarning).
+        seed gives the same text on one device, sample i the same however many are drawn, and the
+        generators of torch, numpy and `random` are never touched (docs/sampling.md); a sample
+        ends before the first of its `stop` strings. A prime character the model never saw is
+        read as <unk> (a CharrnnWarning).
         """
         run = self._sampler(prime, length, temperature, top_k, top_p, seed, num_samples, stop)
         texts = run(None).texts
@@ -244,7 +246,7 @@ class Model:
         if unknown:
             message = f"{unknown} prime character(s) are not in the model's vocabulary and were read as <unk>"
             warnings.warn(message, CharrnnWarning, stacklevel=3)
-        if self._numpy_samples(num_samples):
+        if self._numpy_samples():
             from charrnn.sample.numpy_sampler import sample_numpy
 
             return functools.partial(sample_numpy, self.config, self._weights, self.tokenizer, prime, settings)
@@ -252,10 +254,10 @@ class Model:
 
         return functools.partial(sample, self.torch_module(), self.tokenizer, prime, settings)
 
-    def _numpy_samples(self, num_samples: int) -> bool:
-        """Whether the numpy sampler serves this many samples: on the CPU, up to NUMPY_MAX_STREAMS
-        (torch's threaded kernels win beyond), unless CHARRNN_SAMPLER=torch."""
-        if num_samples > NUMPY_MAX_STREAMS or os.environ.get("CHARRNN_SAMPLER", "numpy") == "torch":
+    def _numpy_samples(self) -> bool:
+        """Whether the numpy sampler serves this model: on the CPU, for any number of samples (so
+        that sample i of a seed is the same text however many are drawn), unless CHARRNN_SAMPLER=torch."""
+        if os.environ.get("CHARRNN_SAMPLER", "numpy") == "torch":
             return False
         if self.device == "cpu" or (self.device == "auto" and "torch" not in sys.modules and not _gpu_possible()):
             return True
@@ -317,7 +319,11 @@ class Model:
 
             # Copies: the arrays may be read-only views of a memory-mapped file.
             tensors = {key: torch.from_numpy(np.array(value)) for key, value in self._weights.items()}
-            module, _ = model_from_checkpoint({**self._described, "model": tensors}, self._torch_device())
+            device = self._torch_device()
+            # Building the module initialises weights (overwritten at once) from torch's generator:
+            # the caller's random state is left as it was.
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                module, _ = model_from_checkpoint({**self._described, "model": tensors}, device)
             self._module = module.eval()
         return self._module
 

@@ -17,7 +17,7 @@ from charrnn.config import ModelConfig
 from charrnn.data.tokenizers import ByteTokenizer, train_tokenizer
 from charrnn.model import RNNLanguageModel, SingleStep
 from charrnn.sample.numpy_sampler import Chooser, NumpyModel, sample_numpy
-from charrnn.sample.settings import NUMPY_MAX_STREAMS, SampleSettings
+from charrnn.sample.settings import SampleSettings
 from charrnn.sample.torch_sampler import filter_logits, sample
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 20
@@ -204,11 +204,9 @@ def test_sampling_a_char_model_on_the_cpu_never_imports_torch(char_run: Path) ->
     assert report["out"].startswith("the ") and len(report["out"]) == len("the ") + 50 + 1
     forced = _sample_in_fresh_python(char_run, "--length", "5", env={"CHARRNN_SAMPLER": "torch"})
     assert forced["code"] == 0 and forced["torch"] is True
-    streams = str(NUMPY_MAX_STREAMS + 1)  # past the switch, torch's threaded kernels win
-    many = _sample_in_fresh_python(char_run, "--length", "5", "--num-samples", streams)
-    assert many["code"] == 0 and many["torch"] is True and many["out"].count("----- sample") == int(streams)
-    most = _sample_in_fresh_python(char_run, "--length", "5", "--num-samples", str(NUMPY_MAX_STREAMS))
-    assert most["code"] == 0 and most["torch"] is False and most["out"].count("----- sample") == NUMPY_MAX_STREAMS
+    # Any number of samples: the text of sample i must not depend on how many are drawn with it.
+    many = _sample_in_fresh_python(char_run, "--length", "5", "--num-samples", "65")
+    assert many["code"] == 0 and many["torch"] is False and many["out"].count("----- sample") == 65
 
 
 def test_the_cli_sample_is_the_library_sample(char_run: Path) -> None:

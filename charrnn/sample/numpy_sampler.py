@@ -4,8 +4,9 @@ For one stream, `import torch` and torch's per-call cost outweigh the arithmetic
 matrix-vector products a step for a 2 x 256 LSTM), so `charrnn sample` on the CPU runs here, in
 float32, on the weights `load_checkpoint(arrays=True)` reads. The first layer's input projection is
 a row of a precomputed (vocab, gates) table, and the sigmoid gates come out of the one `tanh` over
-all gates (their weights pre-halved). More than 64 streams, and other devices, sample in
-`torch_sampler.py`; docs/sampling.md has the details and docs/performance.md the figures.
+all gates (their weights pre-halved). The CPU samples here for any number of streams, each
+stream with a generator of its own; other devices sample in `torch_sampler.py`. docs/sampling.md
+has the details and docs/performance.md the figures.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from charrnn.sample.text import Healing, TextStream, deliver, start_ids
 
 F32 = np.float32
 PRIME_CHUNK = 4096  # prime tokens whose projections are held at once
+CAP = F32(80)  # the most a logit is taken to exceed the drawn one's, in top-p's test (exp(80) fits float32)
 
 
 class NumpyModel:
@@ -145,16 +147,30 @@ class Chooser:
     """Draws the next token of every stream from scaled logits: greedy argmax, or a sample from
     the softmax of the whole vocabulary, of its top k, and/or of its top-p nucleus.
 
-    Sampling is Gumbel-max: argmax of logits plus Gumbel noise. top-p needs the nucleus, the most
-    likely tokens that hold probability p, which takes a sort. For one stream, whose every numpy
-    call shows, a draw from the whole softmax comes first and is kept when it lies in the nucleus
-    (the tokens more likely than it hold less than p): a sort is needed only for the other
-    draws, at most 1 - p of them. Kept draws, and the draws from the sorted nucleus that replace
-    the rest, together follow exactly the nucleus's renormalized softmax.
+    Sampling is Gumbel-max: argmax of logits plus Gumbel noise. Every stream draws its noise from
+    a generator of its own (`stream_generators`), so what a stream writes depends on the seed and
+    its index, not on how many streams run beside it.
+
+    top-p needs the nucleus, the most likely tokens that hold probability p, which takes a sort.
+    The draw from the whole softmax comes first, and stands where it lies in the nucleus (the
+    tokens more likely than it hold less than p): it is then the argmax over the nucleus too.
+    Only the other streams sort, and draw again over their nucleus with the same noise. Either
+    way the token is the Gumbel-max over the nucleus: an exact sample of its renormalized softmax.
     """
 
-    def __init__(self, settings: SampleSettings, vocab: int, batch: int, rng: np.random.Generator) -> None:
-        self.top_p, self.rng, self.batch = settings.top_p, rng, batch
+    def __init__(
+        self,
+        settings: SampleSettings,
+        vocab: int,
+        batch: int,
+        rng: np.random.Generator | Sequence[np.random.Generator],
+    ) -> None:
+        """rng: one generator per stream, or one (for one stream; for more, spawned into one each)."""
+        if isinstance(rng, np.random.Generator):
+            rng = [rng] if batch == 1 else rng.spawn(batch)
+        if len(rng) != batch:
+            raise ValueError(f"{len(rng)} generators for {batch} streams")
+        self.top_p, self.rngs, self.batch = settings.top_p, list(rng), batch
         self.greedy = settings.temperature == 0
         self.width = settings.top_k if 0 < settings.top_k < vocab else vocab
         self.noise = np.empty((0, batch, self.width), F32)
@@ -162,10 +178,12 @@ class Chooser:
         self.rows = np.arange(batch)[:, None]  # for picking one entry per row
 
     def _gumbel(self) -> np.ndarray:
-        if self.used == len(self.noise):  # a block of steps' worth of noise in one call
-            u = self.rng.random((BLOCK_CPU, self.batch, self.width), dtype=F32)
+        if self.used == len(self.noise):  # a block of steps' worth of noise, a call per stream
+            u = np.empty((self.batch, BLOCK_CPU, self.width), F32)
+            for row, rng in zip(u, self.rngs):
+                rng.random(dtype=F32, out=row)
             np.clip(u, 1e-10, 1 - 1e-7, out=u)
-            self.noise = -np.log(-np.log(u))
+            self.noise = (-np.log(-np.log(u))).transpose(1, 0, 2)  # (steps, B, width)
             self.used = 0
         self.used += 1
         return self.noise[self.used - 1]
@@ -174,35 +192,63 @@ class Chooser:
         """logits (B, V), already divided by the temperature -> token ids (B,)."""
         if self.greedy:
             return logits.argmax(axis=1)
-        rows = self.rows
         ids = None
         if self.width < logits.shape[1]:
             ids = np.argpartition(logits, -self.width, axis=1)[:, -self.width :]
-            logits = logits[rows, ids]
-        # Draw first, sort only if needed: a bet that pays when most draws land in the nucleus,
-        # which holds at least p of the probability; below p = 0.5 it is a sort most of the time.
-        if self.top_p < 1.0 and self.batch == 1 and self.top_p >= 0.5:
-            choice = (logits + self._gumbel()).argmax(axis=1)
-            row = logits[0]
-            drawn = row[choice[0]]
-            # Probabilities relative to the drawn token's, capped at e^80 against overflow: a token
-            # that much more likely puts the draw far outside the nucleus, and the test still says so.
-            weights = np.exp(np.minimum(row - drawn, 80.0))
-            above = np.add.reduce(weights[row > drawn])  # the more likely tokens
-            if above < self.top_p * np.add.reduce(weights):
-                return choice if ids is None else ids[0, choice]
+            logits = logits[self.rows, ids]
+        noise = self._gumbel()
+        choice = (logits + noise).argmax(axis=1)
         if self.top_p < 1.0:
-            order = np.argsort(logits, axis=1)  # ascending: the most likely token last
-            ids = order if ids is None else ids[rows, order]
-            logits = logits[rows, order]
-            weights = np.exp(logits - logits[:, -1:])  # unnormalized probabilities, the largest 1
-            mass = np.add.accumulate(weights, axis=1)  # of each token and all less likely ones
-            total = mass[:, -1:]
-            # Drop a token when the more likely ones already hold top_p of the probability
-            # (never the most likely one: 0 >= top_p * total is false).
-            logits[total - mass >= self.top_p * total] = -np.inf
-        choice = (logits + self._gumbel()).argmax(axis=1)
-        return choice if ids is None else ids[rows[:, 0], choice]
+            choice = self._within_nucleus(logits, noise, choice)
+        return choice if ids is None else ids[self.rows[:, 0], choice]
+
+    def _within_nucleus(self, logits: np.ndarray, noise: np.ndarray, choice: np.ndarray) -> np.ndarray:
+        """`choice` where it lies in its stream's nucleus; elsewhere the Gumbel-max over the nucleus."""
+        if self.batch == 1:
+            return self._within_nucleus_one(logits[0], noise[0], choice)
+        drawn = logits[self.rows[:, 0], choice][:, None]
+        # Probabilities relative to the drawn token's, capped at e^80 against overflow: a token
+        # that much more likely puts the draw far outside the nucleus, and the test still says so.
+        weights = np.exp(np.minimum(logits - drawn, CAP))
+        above = np.add.reduce(weights, axis=1, where=logits > drawn)  # the more likely tokens
+        outside = np.flatnonzero(above >= self.top_p * np.add.reduce(weights, axis=1))
+        if not len(outside):
+            return choice
+        part = logits[outside]
+        rows = self.rows[: len(outside)]
+        order = np.argsort(part, axis=1)  # ascending: the most likely token last
+        ranked = part[rows, order]
+        mass = np.add.accumulate(np.exp(ranked - ranked[:, -1:]), axis=1)  # of each token and all less likely ones
+        total = mass[:, -1:]
+        # Drop a token when the more likely ones already hold top_p of the probability
+        # (never the most likely one: 0 >= top_p * total is false).
+        part[rows, order] = np.where(total - mass >= self.top_p * total, -np.inf, ranked)
+        choice = choice.copy()
+        choice[outside] = (part + noise[outside]).argmax(axis=1)
+        return choice
+
+    def _within_nucleus_one(self, row: np.ndarray, noise: np.ndarray, choice: np.ndarray) -> np.ndarray:
+        """`_within_nucleus` for one stream: the same arithmetic on its row, so the same token, in
+        fewer and cheaper numpy calls (at batch 1 every call shows)."""
+        drawn = row[choice[0]]
+        weights = np.exp(np.minimum(row - drawn, CAP))
+        if np.add.reduce(weights, where=row > drawn) < self.top_p * np.add.reduce(weights):
+            return choice
+        order = np.argsort(row)
+        ranked = row[order]
+        mass = np.add.accumulate(np.exp(ranked - ranked[-1]))
+        kept = row.copy()
+        kept[order[mass[-1] - mass >= self.top_p * mass[-1]]] = -np.inf
+        return (kept + noise).argmax(keepdims=True)
+
+
+def stream_generators(seed: int | None, batch: int) -> list[np.random.Generator]:
+    """One generator per stream, none of them numpy's global one: stream 0 draws from
+    `default_rng(seed)`, as one stream always has, stream b from the seed's b-th child sequence
+    (`SeedSequence` spawning; a fresh seed from the OS when `seed` is None)."""
+    root = np.random.SeedSequence(seed)
+    children = (np.random.SeedSequence(root.entropy, spawn_key=(b,)) for b in range(1, batch))
+    return [np.random.Generator(np.random.PCG64(sequence)) for sequence in (root, *children)]
 
 
 def sample_numpy(
@@ -235,8 +281,7 @@ def _sample(
     model = NumpyModel(cfg, weights, banned=[] if tokenizer.unk_id is None else [tokenizer.unk_id])
     scale = 1.0 / settings.temperature if settings.temperature > 0 else 1.0
     logits, state = model.prime(ids, batch, scale)
-    rng = np.random.default_rng(settings.seed)
-    choose = Chooser(settings, model.vocab, batch, rng)
+    choose = Chooser(settings, model.vocab, batch, stream_generators(settings.seed, batch))
     streams = [TextStream(tokenizer, settings.length, settings.stop, healed) for _ in range(batch)]
     healing = Healing(tokenizer, healed, batch)
     emit = on_text or (lambda i, t: None)

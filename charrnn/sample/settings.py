@@ -11,10 +11,6 @@ from charrnn.errors import CharrnnError
 MAX_LENGTH = 100_000_000
 MAX_SAMPLES = 65_536
 BLOCK_CPU = 32  # steps whose tokens reach Python together on the CPU (256 on a GPU)
-# Up to this many streams the numpy sampler is the faster one on the CPU; torch's threaded kernels
-# catch up near 128 and win at 256 (`python scripts/bench_cpu.py --only sample` times both at 1, 16,
-# 64, 128 and 256 streams; the crossover moves with the machine's load).
-NUMPY_MAX_STREAMS = 64
 
 
 @dataclass(frozen=True)

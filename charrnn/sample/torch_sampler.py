@@ -9,6 +9,7 @@ replays as one CUDA graph (`GraphBlock`) and one Triton kernel chooses the token
 from __future__ import annotations
 
 import functools
+import secrets
 import time
 from collections.abc import Callable
 
@@ -195,8 +196,8 @@ def _sample(
     model.eval()
     ids, unknown, healed = _start_tokens(tokenizer, prime)
     batch = settings.num_samples
-    generator = torch.Generator(device=device)
-    generator.manual_seed(settings.seed if settings.seed is not None else int(torch.seed() % 2**63))
+    generator = torch.Generator(device=device)  # its own: torch's global generators are never touched
+    generator.manual_seed(settings.seed if settings.seed is not None else secrets.randbits(63))
     # The temperature divides the logits inside the step's last product; greedy needs no division.
     scale = 1.0 / settings.temperature if settings.temperature > 0 else 1.0
     logits, step, layers = _primed(model, ids.to(device), batch, scale, tokenizer.unk_id)
