@@ -224,3 +224,21 @@ def parse_duration(text: str) -> float:
     seconds = float(match.group(1)) * _UNIT_SECONDS[unit]
     _check(seconds > 0, f"duration must be positive, got {text!r}")
     return seconds
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_UNIT_BYTES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MAX_SIZE = 1 << 50  # a size above a pebibyte is a typo
+
+
+def parse_size(text: str) -> int:
+    """'1500' -> 1500 bytes, '64M' (or 64MiB, 64mb) -> 64 × 2^20, '2G' -> 2 × 2^30: binary units."""
+    match = _SIZE.match(text) if len(text) <= 40 else None
+    if not match or (match.group(3) and not match.group(2) and match.group(3).lower() != "b"):
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise CharrnnError(f"cannot read size {shown!r}: use e.g. 500M or 2G")
+    whole, _, fraction = match.group(1).partition(".")
+    unit = _UNIT_BYTES[match.group(2).lower()]
+    size = int(whole or "0") * unit + (int(fraction) * unit // 10 ** len(fraction) if fraction else 0)
+    _check(1 <= size <= MAX_SIZE, f"size must be from 1 byte to 1 PiB, got {text!r}")
+    return size

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charrnn.config import parse_duration
+from charrnn.config import parse_duration, parse_size
 from charrnn.errors import CharrnnError
 
 # Help panels of `charrnn train --help`, in the order they are shown; None is Typer's "Options".
@@ -36,6 +36,7 @@ REFUSED, APPLIED = "refused", "applied"
 
 DURATION = "duration"  # the type of --max-time: "90s", "2m", "1.5h" on the command line, or seconds
 FILES = "files"  # one path or a list of them (a repeatable option)
+SIZE = "size"  # a number of bytes: "500M", "2G" (binary units) on the command line, or an integer
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ OPTIONS: tuple[Option, ...] = (
     *_panel(DATA,
         Option("glob", str, "*", None, "Filename pattern for directories."),
         Option("encoding", str, "utf-8", None, "Text encoding of the corpus."),
+        Option("stdin_limit", SIZE, None, None, "Most of standard input (CORPUS -) copied to the temporary directory, e.g. 500M or 8G (default 2G)."),
         Option("val_file", FILES, None, None, "Validation text instead of --val-frac."),
         Option("val_frac", float, 0.05, "train.val_frac", "Fraction of the text (its end) held out for validation."),
         Option("test_frac", float, 0.0, "train.test_frac", "Fraction held out for testing (after validation)."),
@@ -159,7 +161,10 @@ def _suggest(name: str, known: Iterable[str]) -> str:
 
 def _kind(type_: Any) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
-    return names.get(type_, "a duration such as 90s, 2m or 1.5h, or seconds" if type_ == DURATION else "paths")
+    names.update(
+        {DURATION: "a duration such as 90s, 2m or 1.5h, or seconds", SIZE: "a size such as 500M or 2G, or bytes"}
+    )
+    return names.get(type_, "paths (one, or a list of them)")
 
 
 def check_value(option: Option, value: Any, where: str) -> Any:
@@ -183,6 +188,17 @@ def check_value(option: Option, value: Any, where: str) -> Any:
             return parse_duration(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
             return float(value)
+    if type_ == SIZE:
+        if isinstance(value, str):
+            try:
+                return parse_size(value)
+            except CharrnnError as exc:
+                raise CharrnnError(f"{where}: {exc}") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return parse_size(str(value))
+            except CharrnnError as exc:
+                raise CharrnnError(f"{where}: {exc}") from None
     if type_ == FILES:
         items = [value] if isinstance(value, (str, os.PathLike)) else value
         if isinstance(items, (list, tuple)) and items and all(isinstance(v, (str, os.PathLike)) for v in items):

@@ -191,7 +191,7 @@ def _start(
     handle_signals: bool,
     started: float,
 ) -> tuple[Path, TrainResult]:
-    from charrnn.data.corpus import find_corpus
+    from charrnn.data.corpus import STDIN, find_corpus, remove_spool
     from charrnn.train import train as train_new
 
     model_settings, cfg = _configs(values)
@@ -201,22 +201,33 @@ def _start(
 
         source = finetune.open_source(values["init_from"])
         model_settings, cfg = finetune.configs(source, given, model_settings, cfg)
-    found = find_corpus(sources, pattern=values["glob"], encoding=values["encoding"])
-    val_corpus = find_corpus(values["val_file"], encoding=values["encoding"]) if values["val_file"] else None
+    if STDIN in sources and STDIN in (values["val_file"] or ()):
+        raise CharrnnError("standard input can be read only once: give - as the corpus or as --val-file, not both")
+    stdin = dict(spool_stdin=True, stdin_limit=values["stdin_limit"])  # train reads it twice: a bounded copy
+    found = find_corpus(sources, pattern=values["glob"], encoding=values["encoding"], **stdin)
+    val_corpus = find_corpus(values["val_file"], encoding=values["encoding"], **stdin) if values["val_file"] else None
+    if STDIN in sources or STDIN in (values["val_file"] or ()):
+        report.on_message(
+            "note: standard input is not kept after training: this run cannot be resumed, "
+            "and its eval, score and viz need the text given again"
+        )
     path = run if run is not None else _default_run(sources)
-    if source is not None and path.resolve() == source.run_dir:
-        raise CharrnnError(f"--run {path} is the run --init-from reads, which is never written to: choose another")
-    result = train_new(
-        found,
-        model_settings,
-        cfg,
-        path,
-        val_corpus=val_corpus,
-        report=report,
-        handle_signals=handle_signals,
-        init_from=source,
-        budget_from=started,
-    )
+    try:
+        if source is not None and path.resolve() == source.run_dir:
+            raise CharrnnError(f"--run {path} is the run --init-from reads, which is never written to: choose another")
+        result = train_new(
+            found,
+            model_settings,
+            cfg,
+            path,
+            val_corpus=val_corpus,
+            report=report,
+            handle_signals=handle_signals,
+            init_from=source,
+            budget_from=started,
+        )
+    finally:
+        remove_spool()  # the copy of standard input, if one was made, is done with
     return path, result
 
 
