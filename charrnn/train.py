@@ -516,11 +516,8 @@ class Trainer:
             signalled = stop is not None and stop.signum is not None
             self.p.elapsed, signalled, reserve = self._agree(time.monotonic() - clock, signalled, self._reserve())
             stop_reason = "interrupted" if signalled else self._budget_spent(reserve)
-            if stop_reason == TIME_SPENT and self.cfg.max_time is not None and self.p.elapsed < self.cfg.max_time:
-                self.report.on_message(
-                    f"stopping at {_duration(self.p.elapsed)} of --max-time {_duration(self.cfg.max_time)}: "
-                    f"the final exact evaluation and the last save take about {_duration(self._end_cost())}"
-                )
+            if stop_reason == TIME_SPENT:
+                self._say_why_time_stops()
             interval = stop_reason is None and self.p.step % self.cfg.eval_interval == 0
             stop_reason = self._log(window, lr, stop_reason, clock)
             if stop_reason is not None or self.p.step % (self.cfg.save_interval or self.cfg.eval_interval) == 0:
@@ -531,6 +528,22 @@ class Trainer:
             if stop_reason is None:
                 self.costs.turned(time.monotonic() - began, evaluated=interval)
         return self._finish(stop_reason)
+
+    def _say_why_time_stops(self) -> None:
+        """The time budget ends training: say how long the end of the run is expected to take."""
+        if self.cfg.max_time is None:
+            return
+        budget, end = _duration(self.cfg.max_time), _duration(self._end_cost())
+        if self.p.elapsed < self.cfg.max_time:
+            self.report.on_message(
+                f"stopping at {_duration(self.p.elapsed)} of --max-time {budget}: "
+                f"the final exact evaluation and the last save take about {end}"
+            )
+        else:  # set-up and the one step a run takes at least spent it, or a step took far longer than the last
+            self.report.on_message(
+                f"--max-time {budget} is spent ({_duration(self.p.elapsed)} at step {self.p.step:,}): "
+                f"the final exact evaluation and the last save take about {end} more"
+            )
 
     def _announce(self) -> None:
         self.report.on_start(

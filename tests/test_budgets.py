@@ -29,6 +29,7 @@ from charrnn.checkpoint import load_checkpoint
 from charrnn.errors import CharrnnError
 from charrnn.evaluate import evaluate_run
 from charrnn.runs import train
+from charrnn.train import Report
 from charrnn.train import evaluate as real_evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,7 +84,8 @@ def test_the_time_budget_leaves_room_for_the_final_exact_evaluation(
     _slow_exact_passes(monkeypatch, 5e-4)
     started = time.monotonic()
     options = {**SMALL, "eval_interval": 10**6, "log_interval": 1}
-    run = train(corpus_file, run=tmp_path / "run", **options, max_time=5)
+    messages: list[str] = []
+    run = train(corpus_file, run=tmp_path / "run", **options, max_time=5, progress=Report(on_message=messages.append))
     took = time.monotonic() - started
     if len(run.history) == 1:
         pytest.skip("the machine is too busy: setting up spent the budget before a second step")
@@ -96,6 +98,8 @@ def test_the_time_budget_leaves_room_for_the_final_exact_evaluation(
     assert took < 5.0 + 2.0  # what is left after the clock: the final drawing, returning
     assert final["eval"] == "final"
     assert final["val_loss"] == pytest.approx(_exact(run.path / "last.safetensors"), abs=1e-6)
+    [said] = [m for m in messages if "final exact evaluation" in m]
+    assert said.startswith("stopping at ") and "of --max-time 5.0s" in said
 
 
 @pytest.mark.usefixtures("warm_imports")
