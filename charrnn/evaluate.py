@@ -65,7 +65,6 @@ class EvalResult:
             "tokens": self.tokens,
             "chars": self.chars,
             "unknown": self.unknown,
-            "precision": self.precision,
         }
 
 
@@ -187,7 +186,7 @@ def evaluate_run(
     device: str = "auto",
 ) -> list[tuple[str, dict[str, Any]]]:
     """Score a run's best checkpoint on `texts` (files or '-'), or on its own validation and test splits,
-    in the precision the run trained in (`eval_precision`; each row's "precision" says which).
+    in the precision the run trained in (`eval_precision`).
 
     Under torchrun every rank reads the checkpoint and the text and scores its share of the
     `streams` pieces; all ranks return the same numbers, only rank 0 the compressor baselines.
@@ -239,7 +238,7 @@ def _evaluate_run(
         if split.tokens.numel() < 2:  # no character to predict: refused, as `charrnn score` refuses it
             raise CharrnnError(f"{name} is one token long, and the first token is predicted by nothing")
         result = evaluate(model, split, tokenizer, streams=streams, autocast=autocast, ranks=ranks)
-        row: dict[str, Any] = result.as_dict()  # its "precision" says which the model ran in
+        row: dict[str, Any] = result.as_dict()
         if baselines and ranks.is_main:
             row["baselines_bits_per_char"] = compression_baselines(text or "")
         rows.append((name, row))
