@@ -14,8 +14,6 @@ a script that only samples on the CPU never loads it.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 # The release, and the one place it is written: pyproject.toml reads it from here. 0.2.0 writes
@@ -55,16 +53,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(__all__)
 
-
-class _Package(types.ModuleType):
-    """charrnn itself. `charrnn/train.py` is also a module, and the import system binds every
-    submodule to its package as it loads: that would put the module in the place of the
-    function `charrnn.train`. The binding is turned away (the module stays in sys.modules)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package  # Python's documented way to customize a module

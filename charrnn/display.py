@@ -20,8 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from charrnn.train import Report, TrainResult
-from charrnn.train_samples import TrainSample
+from charrnn.results import Report, TrainResult, TrainSample
 
 # Logs and pipes get a wide fixed width, so tables are not cut to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)

@@ -27,7 +27,7 @@ from charrnn.rundir import RunDir
 
 if TYPE_CHECKING:
     from charrnn.inference import Model
-    from charrnn.train import Report, TrainResult
+    from charrnn.results import Report, TrainResult
 
 PathLike = str | os.PathLike[str]
 
@@ -104,7 +104,7 @@ def train(
     or `max_time=120`, `config="exp.toml"`); an unknown name or a wrong type is a CharrnnError.
     `resume=True` continues `run` from its last checkpoint instead (a path continues that run);
     then only the options that a resume applies may be given (see `charrnn.options`).
-    `progress=True` shows what `charrnn train` shows (or pass a `charrnn.train.Report`);
+    `progress=True` shows what `charrnn train` shows (or pass a `charrnn.results.Report`);
     `handle_signals=True` makes the first Ctrl-C or SIGTERM save and stop, as the command does.
     `init_from=` (a path or a `Run`) fine-tunes another model on `corpus` (docs/finetuning.md).
     """
@@ -147,7 +147,7 @@ def _sources(corpus: PathLike | Sequence[PathLike] | None) -> list[str]:
 
 def _report(progress: bool | Report, quiet: bool) -> Report:
     from charrnn import distributed
-    from charrnn.train import Report
+    from charrnn.results import Report
 
     if isinstance(progress, Report):
         return progress
@@ -192,7 +192,7 @@ def _start(
     started: float,
 ) -> tuple[Path, TrainResult]:
     from charrnn.data.corpus import STDIN, find_corpus, remove_spool
-    from charrnn.train import train as train_new
+    from charrnn.training import train as train_new
 
     model_settings, cfg = _configs(values)
     source = None
@@ -264,7 +264,7 @@ def _continue(
     signals: bool,
     started: float,
 ) -> tuple[Path, TrainResult]:
-    from charrnn.train import resume as resume_run
+    from charrnn.training import resume as resume_run
 
     path = _resumed_path(corpus, run, resume, given)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

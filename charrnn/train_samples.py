@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -27,29 +26,13 @@ from charrnn.checkpoint import weight_shapes
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.tokenizers import Tokenizer
 from charrnn.errors import CharrnnError
+from charrnn.results import TrainSample
 from charrnn.sample.numpy_sampler import sample_numpy
 from charrnn.sample.settings import SampleSettings
 from charrnn.sample.text import start_ids
 
 TEMPERATURE = 0.8
 LINES_EXAMPLES = 8  # examples a --lines run shows per sample
-
-
-@dataclass(frozen=True)
-class TrainSample:
-    """One sample, as samples.jsonl records it: `text` is what is shown, the prime followed by what
-    the model wrote (a --lines run: whole examples, one a line, each starting with the prime)."""
-
-    step: int
-    time: float  # training seconds when it was drawn, as in metrics.jsonl
-    val_loss: float | None  # the evaluation it follows (nats per character)
-    temperature: float
-    prime: str
-    text: str
-    seconds: float  # how long drawing it took
-
-    def record(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class TrainSampler:

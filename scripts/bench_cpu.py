@@ -111,7 +111,7 @@ def bare_step_rate(model_cfg: ModelConfig, batch: int, seq: int, steps: int) -> 
 def trainer_rate(text_path: Path, steps: int) -> float:
     """chars/s that charrnn's Trainer reaches on real text, median over its logging windows."""
     from charrnn.data.corpus import find_corpus
-    from charrnn.train import train
+    from charrnn.training import train
 
     cfg = TrainConfig(**PRESET["train"], max_steps=steps, eval_interval=10**9, log_interval=5, val_frac=0.01)
     with tempfile.TemporaryDirectory() as tmp:
@@ -244,7 +244,7 @@ def bench_trainsample(text_path: Path, steps: int = 40, interval: int = 10, roun
     evaluation, so a sample, every 200 steps). The runs evaluate every `interval` steps, far more
     often than the default, so that the samples weigh more than they do."""
     from charrnn.data.corpus import find_corpus
-    from charrnn.train import train
+    from charrnn.training import train
 
     corpus = find_corpus([str(text_path)])
     walls: dict[int, list[float]] = {1: [], 0: []}
@@ -354,7 +354,7 @@ from pathlib import Path
 t0 = time.perf_counter()
 from charrnn.config import TrainConfig, preset_settings
 from charrnn.data.corpus import find_corpus
-from charrnn.train import Report, train
+from charrnn.training import Report, train
 preset = preset_settings("cpu", "cpu")
 first = {}
 def on_log(record):
@@ -406,7 +406,7 @@ t0 = time.monotonic()
 from pathlib import Path
 from charrnn.config import TrainConfig, preset_settings
 from charrnn.data.corpus import find_corpus
-from charrnn.train import train
+from charrnn.training import train
 budget, reserve = float(sys.argv[2]), float(sys.argv[3])
 preset = preset_settings("cpu", "cpu")
 override = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
@@ -490,7 +490,7 @@ def main() -> None:
     if "startup" in parts:
         with tempfile.TemporaryDirectory() as tmp:
             from charrnn.data.corpus import find_corpus
-            from charrnn.train import train
+            from charrnn.training import train
 
             cfg = TrainConfig(**PRESET["train"], max_steps=1, eval_interval=10**9)
             train(find_corpus([str(KJV)]), PRESET["model"], cfg, Path(tmp) / "run")

@@ -174,7 +174,7 @@ def _gpu_levers(fused_cell: bool, kernel_chooser: bool):
 def bench_loop(steps: int = 40) -> list[str]:
     from charrnn.config import TrainConfig
     from charrnn.data.corpus import find_corpus
-    from charrnn.train import train
+    from charrnn.training import train
 
     m, t = GPU["model"], GPU["train"]
     batch, seq = t["batch_size"], t["seq_len"]
@@ -221,7 +221,7 @@ t0 = time.monotonic()
 from pathlib import Path
 from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
-from charrnn.train import train
+from charrnn.training import train
 spec, budget, reserve = json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 cfg = TrainConfig(**spec["train"], val_frac=0.1, max_time=budget - reserve,
                   eval_interval=10**9, eval_tokens=None, log_interval=50, device="cuda")

@@ -3,7 +3,7 @@
     python scripts/compare_tokenizers.py --budget 90s --out comparison.md
 
 Trains one model per tokenizer (char, byte, and bpe / unigram at each of --vocab-sizes) on
-tinyshakespeare through `charrnn.train.train`, every one with the same network shape and the
+tinyshakespeare through `charrnn.training.train`, every one with the same network shape and the
 same training time, then scores each saved model on the validation split with the exact
 protocol of `charrnn eval` (one state carried through the whole text). Bits per character
 divide the summed loss by the characters of the raw text, so a tokenizer that writes fewer,
@@ -40,7 +40,7 @@ from charrnn.devices import resolve_device
 from charrnn.errors import CharrnnError
 from charrnn.evaluate import evaluate
 from charrnn.model import RNNLanguageModel
-from charrnn.train import Report, train
+from charrnn.training import Report, train
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"

@@ -33,7 +33,7 @@ Patch = Callable[[Any, str, Any], None]  # setattr, or monkeypatch.setattr
 def poison_updates(updates: Collection[int], patch: Patch = setattr) -> None:
     """The loss of the updates numbered `updates` (1-based, counting every update a Trainer tries,
     from the step it starts or resumes at) becomes NaN."""
-    from charrnn.train import Trainer
+    from charrnn.training import Trainer
 
     original = Trainer.loss
     tried: weakref.WeakKeyDictionary[Trainer, int] = weakref.WeakKeyDictionary()
@@ -48,7 +48,7 @@ def poison_updates(updates: Collection[int], patch: Patch = setattr) -> None:
 
 def signal_after_step(step: int, signum: int, patch: Patch = setattr) -> None:
     """The process sends itself `signum` right after a Trainer has made update number `step`."""
-    from charrnn.train import Trainer
+    from charrnn.training import Trainer
 
     original = Trainer.step
 

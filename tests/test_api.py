@@ -141,7 +141,16 @@ def test_the_package_lists_its_api() -> None:
         "__version__",
     }
     assert set(charrnn.__all__) <= set(dir(charrnn))
-    assert callable(charrnn.train)  # the function, though charrnn/train.py is a module too
+    assert callable(charrnn.train)  # the function (charrnn.runs.train)
+
+
+def test_train_is_the_function_and_training_the_module() -> None:
+    import charrnn.runs
+    import charrnn.training
+
+    assert charrnn.train is charrnn.runs.train  # importing the trainer's module leaves the function in place
+    assert isinstance(charrnn.training.Trainer, type) and charrnn.training.train is not charrnn.train
+    assert charrnn.runs.train.__doc__ and "charrnn.results.Report" in charrnn.runs.train.__doc__
 
 
 # --- generating ----------------------------------------------------------------------------

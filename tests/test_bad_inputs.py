@@ -25,7 +25,7 @@ from conftest import TINY, charrnn, in_process
 
 from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
-from charrnn.train import train
+from charrnn.training import train
 
 MODEL = {"num_layers": 1, "hidden_size": 32, "embed_size": 16}
 SMALL = TrainConfig(batch_size=4, seq_len=16, eval_interval=5, log_interval=5, max_steps=5, device="cpu")

@@ -29,15 +29,15 @@ from charrnn.checkpoint import load_checkpoint
 from charrnn.errors import CharrnnError
 from charrnn.evaluate import evaluate_run
 from charrnn.runs import train
-from charrnn.train import Report
-from charrnn.train import evaluate as real_evaluate
+from charrnn.training import Report
+from charrnn.training import evaluate as real_evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL: dict[str, Any] = dict(
     hidden=32, embed=16, layers=1, batch_size=4, seq_len=16, eval_interval=10, log_interval=5, device="cpu"
 )
-TRAIN = sys.modules["charrnn.train"]
+TRAIN = sys.modules["charrnn.training"]
 
 
 def _records(run: Path) -> list[dict[str, Any]]:

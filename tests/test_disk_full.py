@@ -27,7 +27,7 @@ from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, save_chec
 from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError
-from charrnn.train import resume, train
+from charrnn.training import resume, train
 
 MODEL = {"num_layers": 1, "hidden_size": 32, "embed_size": 16}
 CONFIG = TrainConfig(batch_size=4, seq_len=16, eval_interval=10, log_interval=5, max_steps=10, device="cpu")

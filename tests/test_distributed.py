@@ -32,7 +32,7 @@ from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.distributed import streams_per_rank, torchrun_command
 from charrnn.errors import CharrnnError
 from charrnn.evaluate import evaluate_run
-from charrnn.train import resume
+from charrnn.training import resume
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

@@ -26,7 +26,7 @@ from charrnn.checkpoint import load_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
 from charrnn.errors import Interrupted
-from charrnn.train import resume, train
+from charrnn.training import resume, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

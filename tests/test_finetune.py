@@ -28,7 +28,7 @@ from charrnn.data.corpus import find_corpus
 from charrnn.data.dataset import Dataset, dataset_of_run, prepare_dataset
 from charrnn.data.tokenizers import CharVocabCounter, Tokenizer, train_tokenizer
 from charrnn.model import RNNLanguageModel
-from charrnn.train import Report
+from charrnn.training import Report
 
 SMALL = dict(hidden=16, embed=8, layers=1, batch_size=4, seq_len=16, eval_interval=4, log_interval=2)
 ADDED = "½Çéï"  # in the new text's training part, never in the King James Bible; in code point order

@@ -30,7 +30,7 @@ from charrnn.errors import CharrnnError
 from charrnn.model import RNNLanguageModel
 from charrnn.sample.settings import SampleSettings
 from charrnn.sample.torch_sampler import sample
-from charrnn.train import train
+from charrnn.training import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

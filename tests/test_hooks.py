@@ -22,7 +22,7 @@ def test_no_file_of_the_package_reads_a_test_variable() -> None:
 
 def test_the_hooks_wrap_charrnn_and_are_undone_with_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
     from charrnn import checkpoint, files
-    from charrnn.train import Trainer
+    from charrnn.training import Trainer
 
     def hooked() -> list[object]:
         return [Trainer.step, Trainer.loss, files.atomic_write, checkpoint.atomic_write]

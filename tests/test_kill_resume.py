@@ -27,7 +27,7 @@ import pytest
 from conftest import CLI, TINY, charrnn
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
-from charrnn.train import resume
+from charrnn.training import resume
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -1,12 +1,19 @@
-"""The package's shape: no import cycles between its modules, no function too long to read at once."""
+"""The package's shape: no import cycles between its modules, no function too long to read at once,
+no module hidden by a public name, and no torch under what only renders."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import charrnn
 
 PACKAGE = Path(__file__).resolve().parent.parent / "charrnn"
 MAX_FUNCTION_LINES = 80
+# What shows a run without training or running a model: none of these may bring torch in.
+RENDERING = ["cli", "display", "runs_table", "termplot", "plot", "viz.term"]
 
 
 def _module_name(path: Path) -> str:
@@ -64,3 +71,27 @@ def test_no_function_is_longer_than_a_screenful() -> None:
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, "functions over 80 lines: " + ", ".join(long)
+
+
+def _fresh(code: str) -> subprocess.CompletedProcess[str]:
+    """`code` run by a new interpreter, so that nothing this test process imported counts."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_no_public_name_shadows_a_module() -> None:
+    modules = {p.stem for p in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir() if p.is_dir()}
+    assert not modules & set(charrnn.__all__), "charrnn.<name> is both a public name and a module"
+    done = _fresh(
+        "import types, charrnn, charrnn.training as t, charrnn.runs\n"
+        "assert isinstance(t, types.ModuleType) and isinstance(t.Trainer, type), t\n"
+        "assert charrnn.training is t and charrnn.train is charrnn.runs.train, charrnn.train\n"
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_rendering_imports_no_torch() -> None:
+    """The command line, the progress display and the run tables start fast: torch is imported only
+    by the command that trains or runs a model (charrnn/results.py holds the types they show)."""
+    imports = ", ".join(f"charrnn.{name}" for name in RENDERING)
+    done = _fresh(f"import sys, {imports}\nassert 'torch' not in sys.modules, sorted(sys.modules)\nprint('ok')")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

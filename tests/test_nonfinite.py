@@ -20,7 +20,7 @@ from hooks import poison_updates
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.config import TrainConfig, asdict
 from charrnn.data.corpus import find_corpus
-from charrnn.train import NONFINITE_LIMIT, Report, resume, train
+from charrnn.training import NONFINITE_LIMIT, Report, resume, train
 
 MODEL = {"num_layers": 1, "hidden_size": 32, "embed_size": 16}
 CONFIG = TrainConfig(batch_size=4, seq_len=16, eval_interval=10, log_interval=5, max_steps=20, device="cpu")

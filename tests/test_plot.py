@@ -23,7 +23,7 @@ from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError
 from charrnn.plot import DPI, SIZE_INCHES, CurvesWriter, curves_of, draw_figure, plot_runs
 from charrnn.runlog import read_run
-from charrnn.train import Report, train
+from charrnn.training import Report, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,7 +22,7 @@ from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError
 from charrnn.sample.settings import SampleSettings
 from charrnn.sample.torch_sampler import sample
-from charrnn.train import resume, train
+from charrnn.training import resume, train
 
 BIG = "1000000"
 MODEL = {"num_layers": 1, "hidden_size": 32, "embed_size": 16}

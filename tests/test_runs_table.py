@@ -17,7 +17,7 @@ from charrnn.errors import CharrnnError
 from charrnn.model import RNNLanguageModel
 from charrnn.rundir import RunDir
 from charrnn.runs_table import list_runs, run_row
-from charrnn.train import train
+from charrnn.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

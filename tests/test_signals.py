@@ -21,7 +21,7 @@ from conftest import CLI, TINY
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
-from charrnn.train import resume, train
+from charrnn.training import resume, train
 
 BIG = "1000000"  # a budget no test reaches: every run here ends by a signal
 

@@ -40,7 +40,7 @@ from charrnn.data.corpus import (
     remove_stale_spools,
 )
 from charrnn.errors import CharrnnError
-from charrnn.train import train
+from charrnn.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

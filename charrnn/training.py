@@ -37,8 +37,9 @@ from charrnn.errors import CharrnnError, Interrupted
 from charrnn.evaluate import compression_baselines, evaluate
 from charrnn.model import RNNLanguageModel, State, detach_state
 from charrnn.plot import CurvesWriter
+from charrnn.results import Report, TrainResult
 from charrnn.rundir import RunDir
-from charrnn.train_samples import TrainSample, TrainSampler
+from charrnn.train_samples import TrainSampler
 
 if TYPE_CHECKING:
     from charrnn.finetune import Source, Start
@@ -48,32 +49,6 @@ NONFINITE_LIMIT = 5  # consecutive skipped steps before giving up
 BUDGET = ("max_steps", "max_epochs", "max_time")  # given on resume, they replace the saved budget as a whole
 TIME_SPENT = "time budget reached"
 PROBE_TOKENS = 1024  # one evaluation window: what the speed of a one-stream pass is timed on
-
-
-@dataclass
-class Report:
-    """What a progress display is told; the CLI renders it, the library stays silent."""
-
-    on_start: Callable[[dict[str, Any]], None] = lambda info: None
-    on_log: Callable[[dict[str, Any]], None] = lambda record: None
-    on_message: Callable[[str], None] = lambda text: None
-    on_end: Callable[[], None] = lambda: None
-    on_sample: Callable[[TrainSample], None] = lambda sample: None  # after an evaluation (train_samples.py)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    epochs: float
-    elapsed: float
-    best_val: float | None
-    last_val: float | None
-    train_loss: float | None
-    chars_per_sec: float
-    parameters: int
-    stop_reason: str
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _StopFlag:
