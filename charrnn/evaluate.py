@@ -144,6 +144,15 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
 
 
+def refuse_non_finite(bits: Any) -> None:
+    """Refuse a pass whose figures (a number or an array) are not finite: a model whose weights are
+    finite but whose scores overflow float32 has no figure to report (eval, score and viz say so)."""
+    import numpy as np
+
+    if not np.isfinite(bits).all():
+        raise CharrnnError("the model's scores are not finite (its weights overflow float32 arithmetic): the checkpoint is unusable")
+
+
 def _summed_nll(
     model: RNNLanguageModel, tokens: torch.Tensor, starts: torch.Tensor, length: int, window: int, autocast: bool
 ) -> torch.Tensor:
@@ -238,6 +247,7 @@ def _evaluate_run(
         if split.tokens.numel() < 2:  # no character to predict: refused, as `charrnn score` refuses it
             raise CharrnnError(f"{name} is one token long, and the first token is predicted by nothing")
         result = evaluate(model, split, tokenizer, streams=streams, autocast=autocast, ranks=ranks)
+        refuse_non_finite(result.nll)
         row: dict[str, Any] = result.as_dict()
         if baselines and ranks.is_main:
             row["baselines_bits_per_char"] = compression_baselines(text or "")

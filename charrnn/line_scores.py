@@ -277,7 +277,7 @@ def _token_bits(
     NaN); and the carry after `ids`."""
     import torch
 
-    from charrnn.evaluate import token_nll
+    from charrnn.evaluate import refuse_non_finite, token_nll
 
     device = net.embed.weight.device
     previous, state = carry if carry is not None else (None, None)
@@ -290,7 +290,9 @@ def _token_bits(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits, _, state = net(chunk[:-1], state)
             parts.append(token_nll(logits.float(), chunk[1:]).double().cpu().numpy() / LN2)
-    return np.concatenate(parts), (int(ids[-1]), state)
+    every = np.concatenate(parts)
+    refuse_non_finite(every[1:] if previous is None else every)
+    return every, (int(ids[-1]), state)
 
 
 def _char_bits(
@@ -369,7 +371,7 @@ def _side_by_side(
     `prefix` from a zero state; padding after a line's end changes nothing before it."""
     import torch
 
-    from charrnn.evaluate import token_nll
+    from charrnn.evaluate import refuse_non_finite, token_nll
 
     device = net.embed.weight.device
     length = len(prefix) + max(len(ids) for _, ids in batch)
@@ -387,6 +389,7 @@ def _side_by_side(
     bits = np.concatenate(parts)  # (T - 1, B): the bits of token t + 1 of each column
     for column, (line, ids) in enumerate(batch):
         token_bits = bits[len(prefix) - 1 : len(prefix) - 1 + len(ids), column]
+        refuse_non_finite(token_bits[1:] if len(prefix) == 0 else token_bits)
         yield (line, *_char_bits(tokenizer, ids, line, token_bits, opening=False))
 
 

@@ -142,6 +142,9 @@ def score_text(
     """Score every character of `text` (non-empty) in one stateful pass; see the module docstring."""
     ids = tokenizer.encode(text).numpy()
     token_bits, top_ids, top_probs, states = _token_scores(model, ids, top_k, activations, window, autocast)
+    from charrnn.evaluate import refuse_non_finite
+
+    refuse_non_finite(token_bits[1:])
     token_first, token_count, char_first, char_last = char_alignment(tokenizer, ids, text)
     bits = spread_bits(token_bits, token_first, token_count, len(text))
     scored = char_last > 0  # the characters the first token completes by itself have no number

@@ -119,6 +119,8 @@ def explain_text(
     ids = tokenizer.encode(text).numpy()
     if tokenizer.unk_id is not None and bool((ids == tokenizer.unk_id).all()):
         raise CharrnnError(f"none of the characters of {source} is in the model's vocabulary: nothing to explain")
+    if len(ids) < 2:  # as eval and score refuse it: no character of it is predicted
+        raise CharrnnError(f"{source} is one token long, and the first token is predicted by nothing")
     score = model.score(text, top_k=min(RANK_DEPTH, model.config.vocab_size), activations=True)
     # The token each character begins with (its first, for a character of several bytes), as the
     # predictions label it: where it stands among them is the character's rank.
