@@ -19,6 +19,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,8 @@ class RunDir:
         return any(path.exists() for path in (self.best, self.last, self.legacy_best, self.legacy_last))
 
     def create(self, *, fresh: bool) -> None:
-        if fresh and (self.last.exists() or self.legacy_last.exists()):
-            raise CharrnnError(f"run {self.path} already exists: pass --resume to continue it, or choose another --run")
+        if fresh:
+            self._refuse_if_used()
         missing = self.path
         while not missing.exists() and missing != missing.parent:
             self._made.append(missing)
@@ -64,6 +65,50 @@ class RunDir:
             raise CharrnnError(f"cannot create run directory {self.path}: {exc.strerror or exc}") from None
         if not os.access(self.path, os.W_OK):
             raise CharrnnError(f"run directory {self.path} is not writable")
+
+    def _refuse_if_used(self) -> None:
+        """A fresh run starts only in a directory that is new, or empty but for what a `charrnn train`
+        leaves of its own (its lock, its temporary files): never over a run (a checkpoint alone, best
+        or last, of either format, is a run; so is a config.json or a metrics.jsonl), never over a
+        file of the user's."""
+        if not self.path.is_dir():
+            return  # new (or not a directory at all, which mkdir reports)
+        try:
+            held = sorted(name for name in os.listdir(self.path) if not _left_by_charrnn(name))
+        except OSError as exc:
+            raise CharrnnError(f"cannot read run directory {self.path}: {exc.strerror or exc}") from None
+        if not held:
+            return
+        holder = self._holder()
+        if holder is not None:  # a live writer's run, before its first checkpoint maybe: say whose
+            raise CharrnnError(f"run {self.path} is in use by another charrnn train (pid {holder})")
+        if self.resume_from() is not None:
+            raise CharrnnError(f"run {self.path} already exists: pass --resume to continue it, or choose another --run")
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        runs_files = {self.best.name, self.legacy_best.name, self.config.name, self.metrics.name}
+        if runs_files & set(held) or any(name.endswith((".safetensors", ".pt")) for name in held):
+            raise CharrnnError(
+                f"run {self.path} already exists (it holds {shown}) and has no last checkpoint to resume: "
+                "choose another --run; a new run never writes over one"
+            )
+        raise CharrnnError(
+            f"--run {self.path} is not empty (it holds {shown}): choose a new or empty directory; "
+            "a new run never writes among files of yours"
+        )
+
+    def _holder(self) -> str | None:
+        """The pid of the process holding the run's lock, or None when nobody holds it."""
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at once, by the close below
+        except OSError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)
+        return None
 
     def lock(self) -> None:
         """Take the run's lock or refuse; the kernel drops it when the process dies, however it dies."""
@@ -153,6 +198,11 @@ class RunDir:
             except ValueError:
                 break
         return records
+
+
+def _left_by_charrnn(name: str) -> bool:
+    """A run's lock, or the temporary file (`.NAME.PID.tmp`) of a writer that was killed mid-save."""
+    return name == ".lock" or re.fullmatch(r"\..+\.[0-9]{1,10}\.tmp", name) is not None
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
