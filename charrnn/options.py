@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import math
 import os
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -155,6 +156,8 @@ def refused_on_resume(given: Iterable[str]) -> list[str]:
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
+    if len(name) > 40:
+        return ""  # no option's name is that long (and difflib is slow on long strings)
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -167,6 +170,26 @@ def _kind(type_: Any) -> str:
     return names.get(type_, "paths (one, or a list of them)")
 
 
+def _shown(value: Any) -> str:
+    """`value` for a message: its repr, cut short (a config file may hold a megabyte string)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"a {type(value).__name__} nested too deeply"
+    return text if len(text) <= 60 else text[:60] + "…"
+
+
+def _path_text(value: Any, where: str) -> str:
+    text = os.fspath(value)
+    if isinstance(text, bytes):
+        raise CharrnnError(f"{where} must be a path given as text, got {_shown(value)}")
+    if "\x00" in text:
+        raise CharrnnError(f"{where} must be a path, got {_shown(value)}: it holds a NUL character")
+    if not text:
+        raise CharrnnError(f"{where} must be a path, got an empty string")
+    return text
+
+
 def check_value(option: Option, value: Any, where: str) -> Any:
     """`value` as the option holds it (an int, float, str, bool, Path, seconds or list of str),
     or a CharrnnError naming `where` (the flag, keyword or config key) and what it must be."""
@@ -176,16 +199,21 @@ def check_value(option: Option, value: Any, where: str) -> Any:
     if type_ is bool and isinstance(value, bool):
         return value
     if type_ is int and isinstance(value, int) and not isinstance(value, bool):
+        if not -(1 << 63) <= value < 1 << 63:
+            raise CharrnnError(f"{where} is out of range: {_shown(value)} does not fit in 64 bits")
         return value
     if type_ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if type_ is str and isinstance(value, str):
         return value
     if type_ is Path and isinstance(value, (str, os.PathLike)):
-        return Path(value)
+        return Path(_path_text(value, where))
     if type_ == DURATION:
         if isinstance(value, str):
-            return parse_duration(value)
+            try:
+                return parse_duration(value)
+            except CharrnnError as exc:
+                raise CharrnnError(f"{where}: {exc}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
             return float(value)
     if type_ == SIZE:
@@ -202,8 +230,8 @@ def check_value(option: Option, value: Any, where: str) -> Any:
     if type_ == FILES:
         items = [value] if isinstance(value, (str, os.PathLike)) else value
         if isinstance(items, (list, tuple)) and items and all(isinstance(v, (str, os.PathLike)) for v in items):
-            return [str(v) for v in items]
-    raise CharrnnError(f"{where} must be {_kind(type_)}, got {value!r}")
+            return [_path_text(v, where) for v in items]
+    raise CharrnnError(f"{where} must be {_kind(type_)}, got {_shown(value)}")
 
 
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,26 +245,69 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
+CONFIG_LIMIT = 1 << 20  # the most bytes of a --config file read: an options file is a few hundred
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """The options in a TOML file, keys spelled like the options (`seq-len` or `seq_len`), checked
-    like keyword options; the corpus may be given as `corpus` (a path or a list of them)."""
-    try:
-        with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
-    except OSError as exc:
-        raise CharrnnError(f"cannot read config file {path}: {(exc.strerror or str(exc)).lower()}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CharrnnError(f"{path} is not valid TOML: {str(exc).splitlines()[0]}") from None
+    like keyword options; the corpus may be given as `corpus` (a path or a list of them). The file
+    must be a regular file of at most CONFIG_LIMIT bytes (not /dev/zero, a pipe or a directory)."""
+    raw = _parse_toml(path, _read_config_bytes(path))
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
+        if name in ("config", "resume"):
+            raise CharrnnError(f"{path}: unknown key {key!r}: --{name} is given on the command line only")
         if name not in FILE_KEYS:
-            raise CharrnnError(f"{path}: unknown key {key!r}{_suggest(name, FILE_KEYS)}")
+            raise CharrnnError(f"{path}: unknown key {_shown(key)}{_suggest(name, FILE_KEYS)}")
         if name in values:
             raise CharrnnError(f"{path}: {key!r} is given twice")
         option = BY_NAME.get(name) or CORPUS
         values[name] = check_value(option, value, f"{path}: {key}")
     return values
+
+
+def _read_config_bytes(path: Path) -> bytes:
+    try:  # O_NONBLOCK: opening a pipe that nobody writes to must not hang before the check below
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise CharrnnError(f"cannot read config file {path}: {(exc.strerror or str(exc)).lower()}") from None
+    except ValueError:
+        raise CharrnnError(f"config file {_shown(str(path))} is not a path: it holds a NUL character") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CharrnnError(f"config file {path} is not a regular file")
+    with open(fd, "rb") as handle:
+        try:
+            data = handle.read(CONFIG_LIMIT + 1)
+        except OSError as exc:
+            raise CharrnnError(f"cannot read config file {path}: {(exc.strerror or str(exc)).lower()}") from None
+    if len(data) > CONFIG_LIMIT:
+        raise CharrnnError(f"config file {path} is larger than {CONFIG_LIMIT >> 20} MiB: it is not an options file")
+    return data
+
+
+def _parse_toml(path: Path, data: bytes) -> dict[str, Any]:
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark, as some editors write, is no error
+    except UnicodeDecodeError as exc:
+        raise CharrnnError(f"{path} is not valid TOML: it is not UTF-8 (bad byte at offset {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CharrnnError(f"{path} is not valid TOML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise CharrnnError(f"{path} is not an options file: its values are nested too deeply to read") from None
+
+
+MAX_NPROC = 256  # --nproc starts this many processes: more is a typo, not a machine
+
+
+def check_nproc(nproc: int) -> int:
+    """`--nproc`, refused outside 1..MAX_NPROC before any process starts."""
+    if not 1 <= nproc <= MAX_NPROC:
+        raise CharrnnError(f"--nproc must be in 1..{MAX_NPROC}, got {_shown(nproc)}")
+    return nproc
 
 
 def to_argv(corpus: list[str], options: Mapping[str, Any]) -> list[str]:

@@ -282,8 +282,7 @@ def _under_torchrun(
     nproc = given.pop("nproc")
     if distributed.launched():
         raise CharrnnError("nproc starts torchrun itself: drop it when the code already runs under torchrun")
-    if nproc < 1:
-        raise CharrnnError(f"--nproc must be at least 1, got {nproc}")
+    table.check_nproc(nproc)
     options = {**given, "quiet": quiet}
     if resume is not False:
         path = _resumed_path(corpus, run, resume, given)

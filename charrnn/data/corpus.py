@@ -139,10 +139,19 @@ def _decode(blocks: Iterable[bytes], name: str, encoding: str) -> Iterator[str]:
 
 
 def check_encoding(encoding: str) -> str:
+    """The codec's canonical name; an unknown codec, or one that is no text encoding (base64,
+    rot13, zlib_codec: bytes to bytes or str to str), is refused in one line."""
+    shown = encoding if len(encoding) <= 40 else encoding[:40] + "…"
     try:
-        return codecs.lookup(encoding).name
-    except LookupError:
-        raise CharrnnError(f"unknown encoding {encoding!r}") from None
+        info = codecs.lookup(encoding)
+    except (LookupError, ValueError):  # ValueError: a NUL character in the name
+        raise CharrnnError(f"unknown encoding {shown!r}") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise CharrnnError(
+            f"{shown!r} is not a text encoding (it turns bytes into bytes or text into text): "
+            "give one that decodes bytes to text, such as utf-8, latin-1 or utf-16"
+        )
+    return info.name
 
 
 def find_corpus(
@@ -167,6 +176,8 @@ def find_corpus(
             limit = stdin_limit if stdin_limit is not None else default_stdin_limit(memory=not spool_stdin)
             files.append(_stdin(encoding, limit, spool=spool_stdin))
             continue
+        if "\x00" in str(source):
+            raise CharrnnError(f"{str(source)!r} is not a path: it holds a NUL character")
         path = Path(source).expanduser()
         if path == _STDIN_PATH:  # a file named "-", given as ./-: never taken for standard input
             path = path.absolute()
