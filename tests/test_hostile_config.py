@@ -364,7 +364,11 @@ USED_DIRECTORIES: dict[str, tuple[Callable[[Path, Path], None], str]] = {
     "best.safetensors alone": (_only("best.safetensors"), "already exists (it holds best.safetensors)"),
     "last.safetensors alone": (_only("last.safetensors"), "already exists: pass --resume"),
     "best and config": (_only("best.safetensors", "config.json"), "already exists"),
-    "config.json alone": (_only("config.json"), "already exists (it holds config.json)"),
+    "a config.json of the user's": (
+        _files(config__json=b'{"my": "settings"}\n'),
+        "already exists (it holds config.json)",
+    ),
+    "a run's config.json and metrics": (_only("config.json", "metrics.jsonl"), "already exists (it holds config.json"),
     "metrics.jsonl alone": (_only("metrics.jsonl"), "already exists (it holds metrics.jsonl)"),
     "a format-1 best.pt": (_files(best__pt=b"PK\x03\x04 not really"), "already exists (it holds best.pt)"),
     "a format-1 last.pt": (_files(last__pt=b"PK\x03\x04 not really"), "already exists: pass --resume"),
@@ -408,3 +412,45 @@ def test_a_fresh_train_takes_an_empty_directory_and_its_own_leftovers(
     )
     assert code == 0, err
     assert (target / "best.safetensors").is_file() and not (target / ".config.json.12345.tmp").exists()
+
+
+def _cut_short(run: Path, target: Path, *, metrics: bytes = b"") -> None:
+    """What a fresh train killed by SIGKILL before its first checkpoint leaves: its lock (the pid
+    of a process long gone), its config.json, an empty metrics.jsonl, a temporary file."""
+    target.mkdir()
+    (target / ".lock").write_text("999999999")
+    shutil.copy2(run / "config.json", target / "config.json")
+    (target / "metrics.jsonl").write_bytes(metrics)
+    (target / ".best.safetensors.999999999.tmp").write_bytes(b"half a save")
+
+
+def test_a_start_killed_before_its_first_checkpoint_is_started_afresh(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rerunning the command after a SIGKILL in the first seconds works: nothing is lost (no
+    weights, no figure), and the note says what was taken over."""
+    target = work / "target"
+    _cut_short(work / "run", target)
+    code, _, err = in_process(
+        capsys, "train", str(work / "corpus.txt"), "--run", str(target), *TINY, "--max-steps", "1"
+    )
+    assert code == 0, err
+    assert "killed before its first checkpoint" in err and "internal error" not in err
+    assert (target / "best.safetensors").is_file() and not (target / ".best.safetensors.999999999.tmp").exists()
+
+
+@pytest.mark.parametrize("left", ["a metrics record", "no lock"])
+def test_a_cut_short_start_with_a_figure_or_without_its_lock_is_refused(
+    left: str, work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = work / "target"
+    _cut_short(work / "run", target, metrics=(work / "run" / "metrics.jsonl").read_bytes()[:0] + b'{"step": 5}\n')
+    if left == "no lock":
+        (target / "metrics.jsonl").write_bytes(b"")
+        (target / ".lock").unlink()
+    before = snapshot(work)
+    code, _, err = in_process(
+        capsys, "train", str(work / "corpus.txt"), "--run", str(target), *TINY, "--max-steps", "1"
+    )
+    refused(code, err, "already exists")
+    assert snapshot(work) == before
