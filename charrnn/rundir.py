@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,15 @@ class RunDir:
             raise CharrnnError(f"run {self.path} is in use by another charrnn train (pid {holder})")
         if self.resume_from() is not None:
             raise CharrnnError(f"run {self.path} already exists: pass --resume to continue it, or choose another --run")
+        if self._cut_short(held):
+            print(
+                f"charrnn: note: {self.path} holds only what a start killed before its first checkpoint "
+                f"left ({', '.join(held)}): starting afresh over it",
+                file=sys.stderr,
+            )
+            for name in held:
+                (self.path / name).unlink()
+            return
         shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
         runs_files = {self.best.name, self.legacy_best.name, self.config.name, self.metrics.name}
         if runs_files & set(held) or any(name.endswith((".safetensors", ".pt")) for name in held):
@@ -95,6 +105,27 @@ class RunDir:
             f"--run {self.path} is not empty (it holds {shown}): choose a new or empty directory; "
             "a new run never writes among files of yours"
         )
+
+    def _cut_short(self, held: list[str]) -> bool:
+        """The directory holds only what a fresh `charrnn train` killed (SIGKILL: no clean-up ran)
+        before its first checkpoint and its first metrics record leaves: its lock, its own
+        config.json, an empty metrics.jsonl or samples.jsonl, its lines.npz. No weights, no figure:
+        nothing to lose. (A config.json without the lock that wrote it is refused: a copy of a run's.)"""
+        if self.has_checkpoint() or self.config.name not in held or not (self.path / ".lock").is_file():
+            return False
+        if not set(held) <= {self.config.name, self.metrics.name, self.samples.name, self.lines.name}:
+            return False
+        if any((self.path / name).is_symlink() or not (self.path / name).is_file() for name in held):
+            return False
+        if any(p.name in held and p.stat().st_size > 0 for p in (self.metrics, self.samples)):
+            return False
+        try:
+            if self.config.stat().st_size > 1 << 20:
+                return False
+            config = json.loads(self.config.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return False
+        return isinstance(config, dict) and isinstance(config.get("charrnn_version"), str)
 
     def _holder(self) -> str | None:
         """The pid of the process holding the run's lock, or None when nobody holds it."""
