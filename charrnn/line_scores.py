@@ -240,17 +240,9 @@ def score_file(
 
 def _validation_chunks(model: Model) -> Iterator[str]:
     """The run's validation text, rebuilt from its files (`charrnn.data.dataset.validation_text`)."""
-    from charrnn.checkpoint import load_checkpoint, train_config_of
-    from charrnn.data.dataset import dataset_of_run, validation_text
+    from charrnn.data.dataset import validation_of_checkpoint
 
-    payload = load_checkpoint(model.path, arrays=True)
-    try:
-        dataset = dataset_of_run(payload, train_config_of(payload))
-    except CharrnnError as exc:
-        raise CharrnnError(f"{exc}: pass TEXT_FILE to score") from None
-    if dataset.val is None:
-        raise CharrnnError("the run has no validation split: pass TEXT_FILE to score")
-    return validation_text(payload, dataset)
+    return validation_of_checkpoint(model.path, purpose="score")[0]
 
 
 # --- per-character bits, in pieces --------------------------------------------------------------

@@ -562,6 +562,22 @@ def validation_text(payload: dict[str, Any], dataset: Dataset, *, split: str = "
     yield from (text for region, text in _regions(corpus, bounds) if region == wanted)
 
 
+def validation_of_checkpoint(path: Path, *, purpose: str) -> tuple[Iterator[str], Split]:
+    """The validation text of the run that wrote the checkpoint at `path` (`validation_text`), and
+    the split of token ids `charrnn eval` scores; `purpose` ("score", "explain") ends the refusal
+    of a run whose text cannot be rebuilt."""
+    from charrnn.checkpoint import load_checkpoint, train_config_of
+
+    payload = load_checkpoint(path, arrays=True)
+    try:
+        dataset = dataset_of_run(payload, train_config_of(payload))
+    except CharrnnError as exc:
+        raise CharrnnError(f"{exc}: pass TEXT_FILE to {purpose}") from None
+    if dataset.val is None:
+        raise CharrnnError(f"the run has no validation split: pass TEXT_FILE to {purpose}")
+    return validation_text(payload, dataset), dataset.val
+
+
 def base_of_run(payload: dict[str, Any]) -> Tokenizer | None:
     """The tokenizer a run started `--init-from` built on (None for a run that started afresh): its
     own, less the characters it added (`init_from.added_chars`), so its vocabulary is rebuilt

@@ -68,17 +68,10 @@ def file_text(source: str, encoding: str) -> str:
 def run_validation_text(model: Model) -> tuple[str, Split]:
     """The validation text the run was trained beside, as `charrnn eval` and `score` read it
     (`charrnn.data.dataset.validation_text`), and the split of token ids eval scores."""
-    from charrnn.checkpoint import load_checkpoint, train_config_of
-    from charrnn.data.dataset import dataset_of_run, validation_text
+    from charrnn.data.dataset import validation_of_checkpoint
 
-    payload = load_checkpoint(model.path, arrays=True)
-    try:
-        dataset = dataset_of_run(payload, train_config_of(payload))
-    except CharrnnError as exc:
-        raise CharrnnError(f"{exc}: pass TEXT_FILE to explain") from None
-    if dataset.val is None:
-        raise CharrnnError("the run has no validation split: pass TEXT_FILE to explain")
-    return "".join(validation_text(payload, dataset)), dataset.val
+    chunks, split = validation_of_checkpoint(model.path, purpose="explain")
+    return "".join(chunks), split
 
 
 def whole_text_figures(model: Model, whole: str, split: Split | None = None) -> WholeText:
