@@ -138,9 +138,7 @@ app.command()(train)
 
 @app.command()
 def convert(
-    path: Annotated[
-        Path, typer.Argument(help="A format-1 checkpoint (.pt), or a run directory: all its .pt files.")
-    ],
+    path: Annotated[Path, typer.Argument(help="A format-1 checkpoint (.pt), or a run directory: all its .pt files.")],
     out: Annotated[
         Optional[Path],
         typer.Argument(

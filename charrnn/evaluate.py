@@ -150,7 +150,9 @@ def refuse_non_finite(bits: Any) -> None:
     import numpy as np
 
     if not np.isfinite(bits).all():
-        raise CharrnnError("the model's scores are not finite (its weights overflow float32 arithmetic): the checkpoint is unusable")
+        raise CharrnnError(
+            "the model's scores are not finite (its weights overflow float32 arithmetic): the checkpoint is unusable"
+        )
 
 
 def _summed_nll(
