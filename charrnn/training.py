@@ -30,7 +30,7 @@ from charrnn.checkpoint_checks import check_optimizer_state, check_train_state
 from charrnn.config import ModelConfig, TrainConfig, asdict, from_dict
 from charrnn.data.batcher import StreamBatcher, fit_batch_size, token_counts
 from charrnn.data.corpus import Corpus
-from charrnn.data.dataset import Dataset, Split, dataset_of_run, prepare_dataset
+from charrnn.data.dataset import Dataset, Split, dataset_of_run, prepare_dataset, validation_text
 from charrnn.devices import use_bf16
 from charrnn.distributed import Ranks
 from charrnn.errors import CharrnnError, Interrupted
@@ -804,9 +804,9 @@ def train(
                     "created": datetime.now().astimezone().isoformat(timespec="seconds"),
                     "chars_per_token": trainer.chars_per_token,  # train loss per char = train_loss / this
                 }
-                if dataset.val is not None:  # gzip/bzip2/xz on the text validation scores, for `charrnn plot`
-                    scored = dataset.tokenizer.decode(dataset.val.tokens[: cfg.eval_tokens])
-                    config["baselines"] = compression_baselines(scored)
+                if dataset.val is not None:  # gzip/bzip2/xz for `charrnn plot`: eval's figures, on the same text
+                    held_out = validation_text({"corpus": info, "train_config": asdict(cfg)}, dataset)
+                    config["baselines"] = compression_baselines("".join(held_out))
                 if start is not None:
                     config["init_from"] = start.origin  # the source's path, content hash and step
                 if distributed.launched():

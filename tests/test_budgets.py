@@ -214,6 +214,11 @@ def test_the_final_validation_is_the_figure_charrnn_eval_gives(
     assert final["val_estimate"] != final["val_loss"]  # the capped estimate is another figure
     # The final weights were the best: `charrnn eval RUN` (its best checkpoint) gives it too.
     assert final["val_loss"] == pytest.approx(_exact(run.path), abs=1e-6)
+    # And the compressors drawn beside the curves (config.json) are eval's, on the whole split.
+    code, out, err = in_process(capsys, "eval", str(run.path), "--json")
+    assert code == 0, err
+    drawn = json.loads((run.path / "config.json").read_text())["baselines"]
+    assert drawn == pytest.approx(json.loads(out)["val"]["baselines_bits_per_char"], abs=1e-9)
 
 
 def test_a_stop_by_patience_ends_with_the_exact_evaluation(
