@@ -198,7 +198,7 @@ class RunDir:
         self._lock_fd = None
 
     def write_config(self, config: dict[str, Any]) -> None:
-        text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+        text = jsonout.dumps(config, indent=2, sort_keys=True) + "\n"  # strict, as every file charrnn writes
         atomic_write(self.config, lambda handle: handle.write(text.encode()))
 
     def read_config(self) -> dict[str, Any]:

@@ -68,9 +68,16 @@ def test_a_nan_in_a_metrics_record_is_written_as_null(tmp_path: Path) -> None:
     assert strict_lines(rundir.samples.read_text())[0]["val_loss"] is None
 
 
+def test_a_nan_in_config_json_is_written_as_null(tmp_path: Path) -> None:
+    rundir = RunDir(tmp_path)
+    rundir.write_config({"baselines": {"gzip": math.nan}, "steps": 3})
+    assert strict(rundir.config.read_text()) == {"baselines": {"gzip": None}, "steps": 3}
+
+
 def test_the_runs_files_are_strict_json(run: Path) -> None:
     assert strict_lines((run / "metrics.jsonl").read_text())
     assert strict_lines((run / "samples.jsonl").read_text())
+    assert strict((run / "config.json").read_text())
 
 
 def test_eval_json_is_strict(capsys: pytest.CaptureFixture[str], run: Path) -> None:
