@@ -47,6 +47,26 @@ def one_thread_per_module() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted for one test, for real full disks (root, and a sandbox that allows it)."""
+    import shutil
+
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tiny filesystem needs root")
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"this sandbox does not allow mounting a tmpfs: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 @pytest.fixture(scope="session")
 def real_text() -> str:
     """About 60 KB of real English (the bundled corpus is always there)."""

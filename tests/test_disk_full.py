@@ -13,7 +13,6 @@ import builtins
 import errno
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,24 +130,6 @@ def test_a_full_disk_while_logging_metrics_is_reported_too(trained_run: Path, mo
     monkeypatch.undo()
     _assert_intact(trained_run, before)
     assert resume(trained_run, budget={"max_steps": 20}).steps == 20
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs mounted for this test."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tiny filesystem needs root")
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if made.returncode != 0:
-        pytest.skip(f"this sandbox does not allow mounting a tmpfs: {made.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill(mount: Path, leave: int) -> Path:

@@ -17,7 +17,6 @@ import builtins
 import errno
 import fcntl
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -379,24 +378,6 @@ def test_a_full_disk_while_copying_is_one_line_and_leaves_no_file(
     _one_error_line(code, err, f"cannot copy standard input to the temporary directory {spool_dir}: the disk is full")
     assert "nothing was kept" in err
     assert list(spool_dir.iterdir()) == [] and not (tmp_path / "n").exists()
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs mounted for this test (root and a sandbox that allows it)."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tiny filesystem needs root")
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if made.returncode != 0:
-        pytest.skip(f"this sandbox does not allow mounting a tmpfs: {made.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_real_full_temporary_directory(tiny_fs: Path, tmp_path: Path) -> None:
