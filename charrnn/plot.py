@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from charrnn.errors import CharrnnError
-from charrnn.runlog import RunLog, finite, read_run
+from charrnn.rundir import RunDir, RunLog, finite
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -67,11 +67,11 @@ def curves_of(log: RunLog, x: str = "step") -> Curves:
     for record in log.records:
         position = x_of(record)
         loss = record.get("train_loss")
-        if per_token and _finite(loss) and position is not None:
+        if per_token and finite(loss) and position is not None:
             train_x.append(position)
             train_bits.append(loss / per_token / LN2)
         val = record.get("val_loss")
-        if _finite(val) and position is not None:
+        if finite(val) and position is not None:
             val_x.append(position)
             val_bits.append(val / LN2)
     return Curves(log.name, train_x, train_bits, val_x, val_bits, log.baselines())
@@ -81,15 +81,11 @@ def _x_reader(log: RunLog, x: str, per_token: float | None) -> Callable[[dict[st
     if x == "step":
         return lambda record: float(record["step"])
     if x == "time":
-        return lambda record: float(record["time"]) if _finite(record.get("time")) else None
+        return lambda record: float(record["time"]) if finite(record.get("time")) else None
     tokens = log.tokens_per_step()
     if tokens is None or per_token is None:
         raise CharrnnError(f"run {log.path} does not record the characters it trained on: use --x step or --x time")
     return lambda record: record["step"] * tokens * per_token
-
-
-def _finite(value: Any) -> bool:
-    return finite(value)
 
 
 def output_format(output: Path) -> str:
@@ -115,7 +111,7 @@ def load_curves(
     curves, skipped = [], []
     for run in runs:
         try:
-            curves.append(curves_of(read_run(run), x))
+            curves.append(curves_of(RunDir(run).read_log(), x))
         except CharrnnError as exc:
             if on_skip is None:
                 raise

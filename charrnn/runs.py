@@ -58,14 +58,12 @@ class Run:
     @property
     def best(self) -> Path | None:
         """The best checkpoint (lowest validation loss), or None before the first evaluation."""
-        run = RunDir(self.path)
-        return _existing(run.best, run.legacy_best)  # this version's file, else charrnn 0.1's
+        return RunDir(self.path).best_checkpoint()  # this version's file, else charrnn 0.1's
 
     @property
     def last(self) -> Path | None:
         """The checkpoint `resume` continues from, or None."""
-        run = RunDir(self.path)
-        return _existing(run.last, run.legacy_last)
+        return RunDir(self.path).resume_from()
 
     @property
     def config(self) -> dict[str, Any]:
@@ -75,17 +73,13 @@ class Run:
     @property
     def history(self) -> list[dict[str, Any]]:
         """metrics.jsonl: one record per log interval (step, time, train_loss, lr, chars_per_sec,
-        and val_loss where an evaluation ran)."""
+        and val_loss where an evaluation ran); a last line cut short (a run being written) is left out."""
         return RunDir(self.path).read_metrics()
 
     def load(self, device: str = "auto") -> Model:
         from charrnn.inference import load
 
         return load(self.path, device=device)
-
-
-def _existing(*paths: Path) -> Path | None:
-    return next((path for path in paths if path.is_file()), None)
 
 
 def train(

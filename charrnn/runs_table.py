@@ -1,16 +1,14 @@
 """Which run was that: one row per run directory, for `charrnn runs`.
 
-A row is read from the run's config.json and metrics.jsonl (see `charrnn.runlog`), never from
+A row is read through `charrnn.rundir` from the run's config.json and metrics.jsonl, never from
 its checkpoints, so listing a hundred runs takes no torch and no time. A run is *running* while
-its `.lock` is held (RunDir takes an flock on it for the whole of `charrnn train`); otherwise it
+its lock is held (`RunDir.holder`: taken for the whole of `charrnn train`); otherwise it
 *finished* if its last record says a budget was reached, or *stopped* with the recorded reason
 (patience ran out, interrupted), or with none where the process died without a word.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -22,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from charrnn.errors import CharrnnError
-from charrnn.runlog import CONFIG, LOCK, RunLog, finite, read_run
+from charrnn.rundir import CONFIG_FILE, RunDir, RunLog, finite
 
 SORTS = ("val", "created", "name", "steps")
 LN2 = math.log(2)
@@ -47,28 +45,10 @@ class RunRow:
         return asdict(self)
 
 
-def lock_held(run: Path) -> bool:
-    """Whether a `charrnn train` holds the run's lock: a non-blocking shared flock is refused.
-    (Held for microseconds, it could make a `train` starting at that instant report the run busy.)"""
-    try:  # O_NONBLOCK: a named pipe put where the lock goes must not hang the listing
-        fd = os.open(run / LOCK, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return False  # no lock file: never trained here, or tidied away
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
 def _status(log: RunLog) -> tuple[str, str | None]:
-    if lock_held(log.path):
-        holder = _lock_holder(log.path)
-        return "running", f"pid {holder}" if holder else None
+    holder = RunDir(log.path).holder()
+    if holder is not None:
+        return "running", f"pid {holder}" if holder.isdigit() else None
     stop = log.records[-1].get("stop") if log.records else None
     if stop is None and log.records and not any("stop" in r for r in log.records):
         # A run from before the reason was recorded: one at its step budget did finish.
@@ -77,16 +57,6 @@ def _status(log: RunLog) -> tuple[str, str | None]:
     if isinstance(stop, str) and stop.endswith("budget reached"):
         return "finished", stop
     return "stopped", stop if isinstance(stop, str) else None
-
-
-def _lock_holder(run: Path) -> str | None:
-    """The pid RunDir wrote into the lock file (a few bytes; more is no pid)."""
-    try:
-        with open(run / LOCK, "rb") as handle:
-            text = handle.read(32).decode("ascii", "replace").strip()
-    except OSError:
-        return None
-    return text if text.isdigit() else None
 
 
 def _parameters(config: dict[str, Any]) -> int | None:
@@ -105,7 +75,7 @@ def _created(log: RunLog) -> str | None:
     if isinstance(created, str):
         return created
     try:  # runs from before `created` was recorded: config.json is written once, at the start
-        stamp = (log.path / CONFIG).stat().st_mtime
+        stamp = (log.path / CONFIG_FILE).stat().st_mtime
     except OSError:
         return None
     return datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="seconds")
@@ -114,7 +84,7 @@ def _created(log: RunLog) -> str | None:
 def run_row(path: Path) -> RunRow:
     """The row of one run directory; a run whose config or metrics cannot be read is a row saying so."""
     try:
-        log = read_run(path, strict=False)
+        log = RunDir(path).read_log(strict=False)
     except CharrnnError as exc:
         reason = str(exc).replace(f"{path}{os.sep}", "")  # the row names the run: its files need no path
         return RunRow(path.name, str(path), None, [], None, None, None, 0, None, None, "unreadable", reason)
@@ -146,11 +116,11 @@ def list_runs(directory: Path, *, sort: str = "val") -> list[RunRow]:
         raise CharrnnError(f"--sort must be one of {', '.join(SORTS)}, got {sort!r}")
     if not directory.is_dir():
         raise CharrnnError(f"no directory {directory}")
-    if (directory / CONFIG).is_file():
+    if (directory / CONFIG_FILE).is_file():
         paths = [directory]
     else:
         # A config.json that is no regular file is listed, as unreadable: it is a run, damaged.
-        paths = [p for p in sorted(directory.iterdir()) if p.is_dir() and os.path.lexists(p / CONFIG)]
+        paths = [p for p in sorted(directory.iterdir()) if p.is_dir() and os.path.lexists(p / CONFIG_FILE)]
     rows = [run_row(p) for p in paths]
     keys = {
         "val": lambda r: (r.best_val_bits_per_char is None, r.best_val_bits_per_char or 0.0, r.name),

@@ -22,7 +22,7 @@ from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError
 from charrnn.plot import DPI, SIZE_INCHES, CurvesWriter, curves_of, draw_figure, plot_runs
-from charrnn.runlog import read_run
+from charrnn.rundir import RunDir
 from charrnn.training import Report, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,7 +95,7 @@ def test_the_file_name_chooses_the_format(tmp_path: Path, suffix: str, magic: by
 def test_the_y_axis_and_every_legend_figure_are_in_bits_per_character(tmp_path: Path) -> None:
     # issue 18 item 7: the legend gave nats ("train (last 1.705 nats/char)") beside an axis in bits.
     run = write_run(tmp_path / "run", floor=1.0)
-    figure = draw_figure([curves_of(read_run(run))], "step")  # the one figure PNG, SVG and PDF are drawn from
+    figure = draw_figure([curves_of(RunDir(run).read_log())], "step")  # the one figure PNG, SVG and PDF are drawn from
     axes = figure.axes[0]
     labels = axes.get_legend_handles_labels()[1]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -111,7 +111,7 @@ def test_the_y_axis_and_every_legend_figure_are_in_bits_per_character(tmp_path: 
 
 
 def test_gzip_and_xz_are_dashed_reference_lines_at_their_bits_per_character(tmp_path: Path) -> None:
-    figure = draw_figure([curves_of(read_run(write_run(tmp_path / "run")))], "step")
+    figure = draw_figure([curves_of(RunDir(write_run(tmp_path / "run")).read_log())], "step")
     lines = {
         line.get_label().split()[0]: line
         for line in figure.axes[0].get_lines()
@@ -124,20 +124,20 @@ def test_gzip_and_xz_are_dashed_reference_lines_at_their_bits_per_character(tmp_
 
 
 def test_a_run_that_recorded_no_baselines_is_drawn_without_them(tmp_path: Path) -> None:
-    figure = draw_figure([curves_of(read_run(write_run(tmp_path / "run", baselines=None)))], "step")
+    figure = draw_figure([curves_of(RunDir(write_run(tmp_path / "run", baselines=None)).read_log())], "step")
     assert not [line for line in figure.axes[0].get_lines() if "validation text" in line.get_label()]
 
 
 def test_a_subword_run_has_its_train_loss_per_token_turned_into_bits_per_character(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", chars_per_token=2.5, train={"tokenizer": "bpe", "batch_size": 4, "seq_len": 16})
-    curves = curves_of(read_run(run), "chars")
+    curves = curves_of(RunDir(run).read_log(), "chars")
     first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert curves.train_bits[0] == pytest.approx(first["train_loss"] / 2.5 / math.log(2))
     assert curves.train_x[0] == 10 * 4 * 16 * 2.5  # step x streams x sequence length x chars per token
 
 
 def test_the_x_axis_can_be_training_time(tmp_path: Path) -> None:
-    curves = curves_of(read_run(write_run(tmp_path / "run", floor=1.2)), "time")
+    curves = curves_of(RunDir(write_run(tmp_path / "run", floor=1.2)).read_log(), "time")
     assert curves.val_x[0] == 2.5  # the 5th record, at 0.5 s a record
     assert curves.best == (15.0, pytest.approx((1.3 + 3 * math.exp(-5)) / math.log(2)))  # the last evaluation
 
