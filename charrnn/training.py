@@ -18,7 +18,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,15 +29,15 @@ from charrnn.checkpoint_checks import check_optimizer_state, check_train_state
 from charrnn.config import ModelConfig, TrainConfig, asdict, from_dict
 from charrnn.data.batcher import StreamBatcher, fit_batch_size, token_counts
 from charrnn.data.corpus import Corpus
-from charrnn.data.dataset import Dataset, Split, dataset_of_run, prepare_dataset, validation_text
+from charrnn.data.dataset import Dataset, Split, dataset_of_run, prepare_dataset
 from charrnn.devices import use_bf16
 from charrnn.distributed import Ranks
 from charrnn.errors import CharrnnError, Interrupted
-from charrnn.evaluate import compression_baselines, evaluate
+from charrnn.evaluate import evaluate
 from charrnn.model import RNNLanguageModel, State, detach_state
 from charrnn.plot import CurvesWriter
 from charrnn.results import Report, TrainResult
-from charrnn.rundir import RunDir
+from charrnn.rundir import RunDir, corpus_record
 from charrnn.train_samples import TrainSampler
 
 if TYPE_CHECKING:
@@ -728,21 +727,6 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _corpus_info(corpus: Corpus, val_corpus: Corpus | None, dataset: Dataset) -> dict[str, Any]:
-    return {
-        "files": [str(p.resolve()) for p in corpus.files],
-        "val_files": [str(p.resolve()) for p in val_corpus.files] if val_corpus else [],
-        "encoding": corpus.encoding,
-        "val_encoding": val_corpus.encoding if val_corpus else None,
-        "hash": dataset.corpus_hash,
-        "chars": {
-            "train": dataset.train.num_chars,
-            "val": dataset.val.num_chars if dataset.val else 0,
-            "test": dataset.test.num_chars if dataset.test else 0,
-        },
-    }
-
-
 def train(
     corpus: Corpus,
     model_settings: dict[str, Any],
@@ -790,32 +774,23 @@ def train(
             if batch != cfg.batch_size:
                 cfg = from_dict(TrainConfig, {**asdict(cfg), "batch_size": batch})
             model_cfg = ModelConfig(vocab_size=dataset.tokenizer.vocab_size, **model_settings)
-            info = _corpus_info(corpus, val_corpus, dataset)
+            info = corpus_record(corpus, val_corpus, dataset)
             start = init_from.begin(dataset, report.on_message) if init_from else None
             trainer = Trainer(
                 run, dataset, model_cfg, cfg, info, report, ranks=ranks, budget_from=budget_from, start=start
             )
             if ranks.is_main:
-                config = {
-                    "model": asdict(model_cfg),
-                    "train": asdict(cfg),
-                    "corpus": info,
-                    "charrnn_version": __version__,
-                    "created": datetime.now().astimezone().isoformat(timespec="seconds"),
-                    "chars_per_token": trainer.chars_per_token,  # train loss per char = train_loss / this
-                }
-                if dataset.val is not None:  # gzip/bzip2/xz for `charrnn plot`: eval's figures, on the same text
-                    held_out = validation_text({"corpus": info, "train_config": asdict(cfg)}, dataset)
-                    config["baselines"] = compression_baselines("".join(held_out))
-                if start is not None:
-                    config["init_from"] = start.origin  # the source's path, content hash and step
-                if distributed.launched():
-                    config["torchrun"] = {"world_size": ranks.world, "job_id": distributed.job_id()}
-                run.write_config(config)
-                if dataset.lines is not None:  # each side's line hashes: `sample` tells new lines from copies
-                    dataset.lines.save(run.lines)
-                run.metrics.unlink(missing_ok=True)
-                run.samples.unlink(missing_ok=True)
+                launch = {"world_size": ranks.world, "job_id": distributed.job_id()} if distributed.launched() else None
+                origin = start.origin if start is not None else None  # the source's path, content hash and step
+                run.begin(
+                    model_cfg,
+                    cfg,
+                    info,
+                    dataset,
+                    chars_per_token=trainer.chars_per_token,
+                    init_from=origin,
+                    torchrun=launch,
+                )
             return _fit(trainer, handle_signals)
         finally:
             run.unlock()
