@@ -272,28 +272,17 @@ def sample(
     output: Annotated[Optional[Path], typer.Option(help="Write the samples to this file instead of stdout.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
-    """Generate text from a trained model; from a --lines run, whole examples, one a line.
-
-    On a --lines run a line on stderr counts the examples that are new and those that copy a
-    training or a validation line.
-    """
+    """Generate text from a trained model; from a --lines run, whole examples, one a line (and a
+    line on stderr counting the examples that are new and those that copy a corpus line)."""
     import warnings
 
-    import charrnn
-    from charrnn.inference import CharrnnWarning
+    from charrnn.inference import CharrnnWarning, load
 
     _check_output(output)
-    if prime_file is not None:
-        if prime:
-            raise CharrnnError("give --prime or --prime-file, not both")
-        from charrnn.data.corpus import find_corpus
-
-        prime = find_corpus([str(prime_file)]).read_text()
+    prime = _prime_text(prime, prime_file)
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or ())
-    model = charrnn.load(run, device)
-    if not model.lines and (unique or novel):
-        flag = "--novel" if novel else "--unique"
-        raise CharrnnError(f"{flag} needs a run trained with --lines (one example per line); {run} was not")
+    model = load(run, device)
+    _check_lines_flags(model.lines, run, unique=unique, novel=novel)
     live = output is None and num_samples == 1 and not as_json and not model.lines  # shown as it is made
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always", CharrnnWarning)
@@ -308,13 +297,37 @@ def sample(
     else:
         _write_samples(made, prime, as_json, output)
     sys.stdout.flush()
+    _relay(notes, CharrnnWarning)
+    if model.lines:
+        print(f"charrnn: {made.summary()}", file=sys.stderr)
+
+
+def _check_lines_flags(lines: bool, run: Path, *, unique: bool, novel: bool) -> None:
+    if not lines and (unique or novel):
+        flag = "--novel" if novel else "--unique"
+        raise CharrnnError(f"{flag} needs a run trained with --lines (one example per line); {run} was not")
+
+
+def _prime_text(prime: str, prime_file: Path | None) -> str:
+    """The prime given with --prime, or read strictly from --prime-file (not both)."""
+    if prime_file is None:
+        return prime
+    if prime:
+        raise CharrnnError("give --prime or --prime-file, not both")
+    from charrnn.data.corpus import find_corpus
+
+    return find_corpus([str(prime_file)]).read_text()
+
+
+def _relay(notes: list, ours: type[Warning]) -> None:
+    """charrnn's own warnings as one 'note' line each on stderr; any other warning as Python shows it."""
+    import warnings
+
     for note in notes:
-        if issubclass(note.category, CharrnnWarning):
+        if issubclass(note.category, ours):
             print(f"charrnn: note: {note.message}", file=sys.stderr)
         else:
             warnings.showwarning(note.message, note.category, note.filename, note.lineno)
-    if model.lines:
-        print(f"charrnn: {made.summary()}", file=sys.stderr)
 
 
 def _show_live(prime: str, pieces: Any) -> None:
