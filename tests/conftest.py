@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+import typer.main
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -132,13 +133,33 @@ def charrnn(
     )
 
 
+# typer's app turned into a click command, built once: building it reads every option's type hints
+# and costs more than most refused commands take to run. Each call gets the command with the
+# callbacks it was built with, since cli.main wraps them again on every call.
+_BUILT: dict[int, tuple[Any, Any, dict[str, Any]]] = {}
+_GET_COMMAND = typer.main.get_command
+
+
+def _command_built_once(app: Any) -> Any:
+    if id(app) not in _BUILT:
+        command = _GET_COMMAND(app)
+        subcommands = getattr(command, "commands", {})
+        _BUILT[id(app)] = (app, command, {name: sub.callback for name, sub in subcommands.items()})
+    _, command, callbacks = _BUILT[id(app)]
+    for name, callback in callbacks.items():
+        command.commands[name].callback = callback
+    return command
+
+
 def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """Run `charrnn ARGS` through charrnn.cli.main in this process (no second torch import, no
     test hooks): its exit status, standard output and standard error."""
+    from unittest import mock
+
     from charrnn.cli import main
 
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exited:
+    with mock.patch.object(typer.main, "get_command", _command_built_once), pytest.raises(SystemExit) as exited:
         main(list(args))
     captured = capsys.readouterr()
     return exited.value.code or 0, captured.out, captured.err
