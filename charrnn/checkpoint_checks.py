@@ -222,22 +222,7 @@ def check_train_state(path: Path, payload: dict[str, Any]) -> None:
         config_from(TrainConfig, payload.get("train_config") or {}, "train config")
     except CharrnnError as exc:
         raise CharrnnError(f"cannot resume from {path}: {exc}") from None
-    progress = state.get("progress")
-    if not isinstance(progress, dict):
-        raise _refuse(path, "progress", f"must be a mapping, got {shown(progress)}")
-    known = (*_PROGRESS_COUNTS, *_PROGRESS_NUMBERS, *_PROGRESS_LOSSES)
-    unknown = sorted(str(key) for key in progress if key not in known)
-    if unknown:
-        raise _refuse(path, "progress", f"holds an unknown counter, {unknown[0][:40]!r}")
-    for key in _PROGRESS_COUNTS:
-        if key in progress:
-            _count(path, f"progress.{key}", progress[key])
-    for key in _PROGRESS_NUMBERS:
-        if key in progress:
-            _number(path, f"progress.{key}", progress[key])
-    for key in _PROGRESS_LOSSES:
-        if key in progress:
-            _number(path, f"progress.{key}", progress[key], optional=True)
+    _check_progress(path, state.get("progress"))
     world = _count(path, "world_size", state.get("world_size", 1), minimum=1)
     streams = state.get("batch_size")
     if streams is not None:
@@ -253,27 +238,52 @@ def check_train_state(path: Path, payload: dict[str, Any]) -> None:
     batch = streams if streams is not None else _batch_of(hidden[0])  # a 0.1 run may not record its streams
     for i, tensor in enumerate(hidden):
         _tensor(path, f"hidden state [{i}]", tensor, (cfg.num_layers, batch, cfg.hidden_size))
+    _check_generators(path, state, world)
+    if not isinstance(state.get("optimizer"), dict):
+        raise _refuse(path, "optimizer", f"must be a mapping, got {shown(state.get('optimizer'))}")
+
+
+def _check_progress(path: Path, progress: Any) -> None:
+    """The saved counters: known names only, each a count, a number or an optional loss."""
+    if not isinstance(progress, dict):
+        raise _refuse(path, "progress", f"must be a mapping, got {shown(progress)}")
+    known = (*_PROGRESS_COUNTS, *_PROGRESS_NUMBERS, *_PROGRESS_LOSSES)
+    unknown = sorted(str(key) for key in progress if key not in known)
+    if unknown:
+        raise _refuse(path, "progress", f"holds an unknown counter, {unknown[0][:40]!r}")
+    for key in _PROGRESS_COUNTS:
+        if key in progress:
+            _count(path, f"progress.{key}", progress[key])
+    for key in _PROGRESS_NUMBERS:
+        if key in progress:
+            _number(path, f"progress.{key}", progress[key])
+    for key in _PROGRESS_LOSSES:
+        if key in progress:
+            _number(path, f"progress.{key}", progress[key], optional=True)
+
+
+def _check_generators(path: Path, state: dict[str, Any], world: int) -> None:
+    """The random generators' states: the CPU's, each CUDA device's and, under torchrun, each rank's."""
+    import torch
+
     _rng_state(path, "rng_cpu", state.get("rng_cpu"))
     cuda = state.get("rng_cuda", [])
     if not isinstance(cuda, (list, tuple)):
         raise _refuse(path, "rng_cuda", f"must be a list of generator states, got {shown(cuda)}")
-    import torch
-
     restored = torch.cuda.is_available() and len(cuda) == torch.cuda.device_count()
     for i, value in enumerate(cuda):
         _rng_state(path, f"rng_cuda [{i}]", value, cuda=restored)
     ranks = state.get("rng_ranks")
-    if ranks is not None:
-        if not isinstance(ranks, (list, tuple)) or len(ranks) != world:
-            raise _refuse(path, "rng_ranks", f"must be a list of {world} ranks' generators, got {shown(ranks)}")
-        for rank, entry in enumerate(ranks):
-            if not isinstance(entry, dict):
-                raise _refuse(path, f"rng_ranks [{rank}]", f"must be a mapping, got {shown(entry)}")
-            _rng_state(path, f"rng_ranks [{rank}].cpu", entry.get("cpu"))
-            if entry.get("cuda") is not None:
-                _rng_state(path, f"rng_ranks [{rank}].cuda", entry["cuda"], cuda=torch.cuda.is_available())
-    if not isinstance(state.get("optimizer"), dict):
-        raise _refuse(path, "optimizer", f"must be a mapping, got {shown(state.get('optimizer'))}")
+    if ranks is None:
+        return
+    if not isinstance(ranks, (list, tuple)) or len(ranks) != world:
+        raise _refuse(path, "rng_ranks", f"must be a list of {world} ranks' generators, got {shown(ranks)}")
+    for rank, entry in enumerate(ranks):
+        if not isinstance(entry, dict):
+            raise _refuse(path, f"rng_ranks [{rank}]", f"must be a mapping, got {shown(entry)}")
+        _rng_state(path, f"rng_ranks [{rank}].cpu", entry.get("cpu"))
+        if entry.get("cuda") is not None:
+            _rng_state(path, f"rng_ranks [{rank}].cuda", entry["cuda"], cuda=torch.cuda.is_available())
 
 
 def _batch_of(tensor: Any) -> int:
