@@ -11,15 +11,14 @@ has the details and docs/performance.md the figures.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from charrnn.config import ModelConfig
 from charrnn.data.tokenizers import Tokenizer
+from charrnn.sample.driver import drive
 from charrnn.sample.settings import BLOCK_CPU, SampleResult, SampleSettings
-from charrnn.sample.text import Healing, TextStream, deliver, start_ids
 
 F32 = np.float32
 PRIME_CHUNK = 4096  # prime tokens whose projections are held at once
@@ -251,6 +250,41 @@ def stream_generators(seed: int | None, batch: int) -> list[np.random.Generator]
     return [np.random.Generator(np.random.PCG64(sequence)) for sequence in (root, *children)]
 
 
+class NumpyBackend:
+    """The driver's backend in numpy (see `driver.Backend`): the model stepped by `NumpyModel`,
+    the draws made by `Chooser`, one generator per stream."""
+
+    block = BLOCK_CPU
+    keeps_tokens = False  # the tokens are on the host already
+
+    def __init__(
+        self, cfg: ModelConfig, weights: dict[str, np.ndarray], tokenizer: Tokenizer, settings: SampleSettings
+    ) -> None:
+        self.batch = settings.num_samples
+        self.model = NumpyModel(cfg, weights, banned=[] if tokenizer.unk_id is None else [tokenizer.unk_id])
+        # The temperature divides the logits inside the head's product; greedy needs no division.
+        self.scale = 1.0 / settings.temperature if settings.temperature > 0 else 1.0
+        self.chooser = Chooser(settings, self.model.vocab, self.batch, stream_generators(settings.seed, self.batch))
+
+    def prime(self, ids: Sequence[int]) -> None:
+        self.logits, self.state = self.model.prime(ids, self.batch, self.scale)
+
+    def choose(self, allowed: bytes | None) -> np.ndarray:
+        logits = self.logits
+        if allowed is not None:
+            logits = np.where(np.frombuffer(allowed, dtype=np.bool_).reshape(self.batch, -1), logits, F32(-np.inf))
+        return self.chooser(logits)
+
+    def step(self, tokens: np.ndarray) -> None:
+        self.logits, self.state = self.model.step(tokens, self.state, self.scale)
+
+    def stack(self, steps: list[np.ndarray]) -> np.ndarray:
+        return np.stack(steps)
+
+    def whole_block(self) -> None:
+        return None
+
+
 def sample_numpy(
     cfg: ModelConfig,
     weights: dict[str, np.ndarray],
@@ -260,51 +294,8 @@ def sample_numpy(
     on_text: Callable[[int, str], None] | None = None,
 ) -> SampleResult:
     """Generate `settings.num_samples` continuations of `prime` from a model's weights (as
-    `checkpoint.arrays_from_checkpoint` gives them). Same contract as `torch_sampler.sample`, token
-    healing included: `on_text(stream, text)` gets text as it is made."""
+    `checkpoint.arrays_from_checkpoint` gives them), through the one sampling loop
+    (`driver.drive`): `on_text(stream, text)` gets text as it is made."""
     # Scores that overflow float32 end sampling with one message (text.NOT_FINITE), not numpy's warnings.
     with np.errstate(over="ignore", invalid="ignore"):
-        return _sample(cfg, weights, tokenizer, prime, settings, on_text)
-
-
-def _sample(
-    cfg: ModelConfig,
-    weights: dict[str, np.ndarray],
-    tokenizer: Tokenizer,
-    prime: str,
-    settings: SampleSettings,
-    on_text: Callable[[int, str], None] | None,
-) -> SampleResult:
-    started = time.perf_counter()
-    ids, unknown, healed = start_ids(tokenizer, prime)
-    batch = settings.num_samples
-    model = NumpyModel(cfg, weights, banned=[] if tokenizer.unk_id is None else [tokenizer.unk_id])
-    scale = 1.0 / settings.temperature if settings.temperature > 0 else 1.0
-    logits, state = model.prime(ids, batch, scale)
-    choose = Chooser(settings, model.vocab, batch, stream_generators(settings.seed, batch))
-    streams = [TextStream(tokenizer, settings.length, settings.stop, healed) for _ in range(batch)]
-    healing = Healing(tokenizer, healed, batch)
-    emit = on_text or (lambda i, t: None)
-    unfinished = sum(not s.done for s in streams)
-    pending = np.empty((batch, BLOCK_CPU), dtype=np.int64)  # tokens reach Python in blocks of steps
-    filled = 0
-    while unfinished:
-        if healing.active:
-            allowed = np.frombuffer(healing.allowed(), dtype=np.bool_).reshape(batch, -1)
-            logits = np.where(allowed, logits, F32(-np.inf))
-        token = choose(logits)
-        if healing.active:
-            healing.advance(token.tolist())
-        pending[:, filled] = token
-        filled += 1
-        if filled == BLOCK_CPU or healing.active or filled >= settings.length:
-            unfinished -= deliver(pending[:, :filled].tolist(), streams, emit)
-            filled = 0
-        if unfinished:
-            logits, state = model.step(token, state, scale)
-    for i, stream in enumerate(streams):
-        rest = stream.finish()
-        if rest:
-            emit(i, rest)
-    used = sum(s.used for s in streams)
-    return SampleResult([s.text for s in streams], unknown, used, time.perf_counter() - started)
+        return drive(NumpyBackend(cfg, weights, tokenizer, settings), tokenizer, prime, settings, on_text)

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import functools
 import secrets
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from charrnn.data.tokenizers import Tokenizer
-from charrnn.errors import CharrnnError
 from charrnn.model import RNNLanguageModel, SingleStep, flat_state
 from charrnn.sample import triton_chooser
+from charrnn.sample.driver import drive
 from charrnn.sample.settings import BLOCK_CPU, SampleResult, SampleSettings
-from charrnn.sample.text import NOT_FINITE, Healing, TextStream, deliver, start_ids
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -132,11 +131,6 @@ def _kernel_agrees(device: str, vocab: int, top_k: int, top_p: float) -> bool:
     return Chooser(settings, vocab, 1, generator, kernel=True).agrees_with_torch()
 
 
-def _start_tokens(tokenizer: Tokenizer, prime: str) -> tuple[torch.Tensor, int, str]:
-    ids, unknown, healed = start_ids(tokenizer, prime)
-    return torch.tensor(ids, dtype=torch.long), unknown, healed
-
-
 @torch.no_grad()
 def sample(
     model: RNNLanguageModel,
@@ -145,7 +139,8 @@ def sample(
     settings: SampleSettings | None = None,
     on_text: Callable[[int, str], None] | None = None,
 ) -> SampleResult:
-    """Generate `settings.num_samples` continuations of `prime`; `on_text(stream, text)` gets text as it is made."""
+    """Generate `settings.num_samples` continuations of `prime` through the one sampling loop
+    (`driver.drive`); `on_text(stream, text)` gets text as it is made."""
     settings = settings or SampleSettings()
     cuda = model.embed.weight.device.type == "cuda"
     previous_tf32, previous_threads = torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads()
@@ -153,116 +148,76 @@ def sample(
     if not cuda and settings.num_samples == 1:
         torch.set_num_threads(1)  # one stream's products are too small to split: threads only add waiting
     try:
-        return _sample(model, tokenizer, prime, settings, on_text)
+        return drive(TorchBackend(model, tokenizer, settings), tokenizer, prime, settings, on_text)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous_tf32
         torch.set_num_threads(previous_threads)
 
 
-def _primed(
-    model: RNNLanguageModel, ids: torch.Tensor, batch: int, scale: float, unk_id: int | None
-) -> tuple[torch.Tensor, SingleStep, list]:
-    """Run the prime ids (T,) through the fused model for `batch` streams: the first logits
-    (B, V) times `scale`, with <unk> banned, the one-token step and its per-layer state."""
-    with torch.no_grad():
-        logits, _, state = model(ids[:, None].expand(-1, batch))
-    logits = logits[-1].float() * scale
-    if unk_id is not None:
-        logits[:, unk_id] = float("-inf")  # never generate <unk>
-    step = SingleStep(model, banned=[] if unk_id is None else [unk_id])
-    return logits, step, step.begin(state)
+class TorchBackend:
+    """The driver's backend in torch (see `driver.Backend`), on any device: the prime through the
+    fused model in one call, then one `SingleStep` per token. On a GPU whole blocks of steps replay
+    as a CUDA graph (`GraphBlock`) and the tokens may stay there until the end (bulk decoding)."""
 
+    keeps_tokens = True
 
-def _decode_bulk(tokenizer: Tokenizer, collected: list[torch.Tensor], length: int, batch: int) -> list[str]:
-    """The texts of blocks of tokens (steps, B) kept on the device: one copy to the host, then
-    numpy decodes each row (a Python loop over 4 M tokens takes ~0.5 s)."""
-    if not collected:
-        return [""] * batch
-    rows = torch.cat(collected)[:length].t().cpu().numpy()
-    if tokenizer.unk_id is not None and bool((rows == tokenizer.unk_id).any()):
-        raise CharrnnError(NOT_FINITE)
-    return [tokenizer.decode(ids) for ids in rows]
+    def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, settings: SampleSettings) -> None:
+        self.model, self.settings, self.unk_id = model.eval(), settings, tokenizer.unk_id
+        self.device = model.embed.weight.device
+        self.batch = settings.num_samples
+        self.generator = torch.Generator(device=self.device)  # its own: torch's global generators are never touched
+        self.generator.manual_seed(settings.seed if settings.seed is not None else secrets.randbits(63))
+        # The temperature divides the logits inside the step's last product; greedy needs no division.
+        self.scale = 1.0 / settings.temperature if settings.temperature > 0 else 1.0
+        self.greedy = settings.temperature == 0
+        self.block = BLOCK_CPU if self.device.type == "cpu" else 256
+        self.graph: GraphBlock | None = None
+        self.graph_failed = False
+        self.noise, self.noise_used = torch.empty(0), 0  # Gumbel noise drawn a block ahead, and how much is spent
 
+    def prime(self, ids: Sequence[int]) -> None:
+        """The prime ids through the fused model for every stream: the first logits, <unk> banned,
+        the one-token step and its per-layer state."""
+        tokens = torch.tensor(ids, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            logits, _, state = self.model(tokens[:, None].expand(-1, self.batch))
+        self.logits = logits[-1].float() * self.scale
+        banned = [] if self.unk_id is None else [self.unk_id]
+        self.logits[:, banned] = float("-inf")  # never generate <unk>
+        self.single = SingleStep(self.model, banned=banned)  # inside the step's head from here on
+        self.layers = self.single.begin(state)
+        self.chooser = Chooser.for_device(self.settings, self.logits.shape[-1], self.batch, self.generator)
 
-def _sample(
-    model: RNNLanguageModel,
-    tokenizer: Tokenizer,
-    prime: str,
-    settings: SampleSettings,
-    on_text: Callable[[int, str], None] | None,
-) -> SampleResult:
-    started = time.perf_counter()
-    device = model.embed.weight.device
-    model.eval()
-    ids, unknown, healed = _start_tokens(tokenizer, prime)
-    batch = settings.num_samples
-    generator = torch.Generator(device=device)  # its own: torch's global generators are never touched
-    generator.manual_seed(settings.seed if settings.seed is not None else secrets.randbits(63))
-    # The temperature divides the logits inside the step's last product; greedy needs no division.
-    scale = 1.0 / settings.temperature if settings.temperature > 0 else 1.0
-    logits, step, layers = _primed(model, ids.to(device), batch, scale, tokenizer.unk_id)
-    streams = [TextStream(tokenizer, settings.length, settings.stop, healed) for _ in range(batch)]
-    healing = Healing(tokenizer, healed, batch)
-    emit = on_text or (lambda i, t: None)
-    generated = 0
-    unfinished = sum(not s.done for s in streams)
-    block = BLOCK_CPU if device.type == "cpu" else 256  # steps whose tokens reach Python together
-    pending: list[torch.Tensor] = []
-    graph: GraphBlock | None = None
-    # Bulk mode: a char model with nothing to watch (no printing, no stop strings) needs exactly
-    # `length` tokens per stream, so the tokens stay on the device and are decoded once at the end.
-    bulk = on_text is None and not settings.stop and tokenizer.kind == "char" and not healing.active
-    collected: list[torch.Tensor] = []
-    chooser = Chooser.for_device(settings, logits.shape[-1], batch, generator)
-    greedy = settings.temperature == 0
-    noise, noise_used = torch.empty(0), 0  # Gumbel noise drawn a block ahead, and how much of it is spent
-    while unfinished:
-        if bulk and generated >= batch * settings.length:
-            break
-        if device.type == "cuda" and not healing.active and not pending and settings.temperature > 0:
-            # On a GPU, whole blocks of steps replay as one captured CUDA graph.
-            graph = graph or GraphBlock.build(step, layers, logits, chooser, scale, block)
-            if graph is not None:
-                tokens = graph.run()
-                generated += batch * block
-                if bulk:
-                    collected.append(tokens.clone())
-                else:
-                    unfinished -= deliver(tokens.t().tolist(), streams, emit)
-                continue
-        if healing.active:
-            allowed = torch.frombuffer(bytearray(healing.allowed()), dtype=torch.bool).view(batch, -1)
-            logits = logits.masked_fill(~allowed.to(device), float("-inf"))
+    def choose(self, allowed: bytes | None) -> torch.Tensor:
+        logits = self.logits
+        if allowed is not None:
+            mask = torch.frombuffer(bytearray(allowed), dtype=torch.bool).view(self.batch, -1)
+            logits = logits.masked_fill(~mask.to(self.device), float("-inf"))
         gumbel = None
-        if not greedy:
-            if noise_used == len(noise):
-                noise, noise_used = chooser.noise(1 if healing.active else block), 0
-            gumbel = noise[noise_used]
-            noise_used += 1
-        token = chooser(logits, gumbel)
-        if healing.active:
-            healing.advance(token.tolist())
-        pending.append(token)
-        generated += batch
-        if bulk:
-            if len(pending) == block or generated >= batch * settings.length:
-                collected.append(torch.stack(pending))
-                pending.clear()
-        elif len(pending) == block or healing.active or len(pending) >= settings.length:
-            unfinished -= deliver(torch.stack(pending, dim=1).tolist(), streams, emit)
-            pending.clear()
-        if unfinished:
-            logits, layers = step.advance(token, layers, scale)  # <unk> is banned inside the step
-    if bulk:
-        texts = _decode_bulk(tokenizer, collected, settings.length, batch)
-        # Exactly `length` tokens of each stream are text, however many the last block computed.
-        return SampleResult(texts, unknown, batch * settings.length, time.perf_counter() - started)
-    for i, stream in enumerate(streams):
-        rest = stream.finish()
-        if rest:
-            emit(i, rest)
-    used = sum(s.used for s in streams)  # not the whole last block where a stream ended inside it
-    return SampleResult([s.text for s in streams], unknown, used, time.perf_counter() - started)
+        if not self.greedy:
+            if self.noise_used == len(self.noise):  # while healing, one step's noise at a time
+                self.noise, self.noise_used = self.chooser.noise(1 if allowed is not None else self.block), 0
+            gumbel = self.noise[self.noise_used]
+            self.noise_used += 1
+        return self.chooser(logits, gumbel)
+
+    def step(self, tokens: torch.Tensor) -> None:
+        self.logits, self.layers = self.single.advance(tokens, self.layers, self.scale)
+
+    def stack(self, steps: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(steps)
+
+    def whole_block(self) -> torch.Tensor | None:
+        """On a GPU, a block of steps replayed as one captured CUDA graph (a copy of its tokens)."""
+        if self.device.type != "cuda" or self.greedy or self.graph_failed:
+            return None
+        if self.graph is None:
+            self.graph = GraphBlock.build(self.single, self.layers, self.logits, self.chooser, self.scale, self.block)
+            self.graph_failed = self.graph is None
+        return None if self.graph is None else self.graph.run().clone()
+
+    def on_host(self, blocks: list[torch.Tensor], length: int) -> np.ndarray:
+        return torch.cat(blocks)[:length].t().cpu().numpy()
 
 
 _WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured
