@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import queue
 import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,6 +27,7 @@ from charrnn.arguments import flag, integer, strings
 from charrnn.config import ModelConfig
 from charrnn.data.tokenizers import Tokenizer
 from charrnn.errors import CharrnnError
+from charrnn.sample.pick import numpy_serves, surely_cpu
 from charrnn.sample.settings import SampleResult, SampleSettings
 from charrnn.sample.text import start_ids
 
@@ -66,7 +67,7 @@ def load(path: str | os.PathLike[str] | _HasPath, device: str = "auto") -> Model
     payload = load_checkpoint(file, arrays=True)
     config, tokenizer, weights = arrays_from_checkpoint(payload)
     model = Model(file, str(device), config, tokenizer, weights, payload)
-    if model.device not in ("auto", "cpu"):
+    if model.requested_device not in ("auto", "cpu"):
         model._torch_device()  # an unknown or absent device is refused now, not at the first use
     return model
 
@@ -75,21 +76,22 @@ class Model:
     """A trained model, made by `charrnn.load`.
 
     config: the ModelConfig (cell, layers, sizes, vocabulary size); tokenizer: its Tokenizer;
-    path: the checkpoint file it was read from; device: the device asked for; lines: whether it
-    was trained with --lines, one example per line (then `examples` draws whole examples).
+    path: the checkpoint file it was read from; requested_device: the device asked for ("auto",
+    "cpu", "cuda:1", ...); device: the device it runs on, resolved ("cpu", "cuda", "mps"); lines:
+    whether it was trained with --lines, one example per line (then `examples` draws whole examples).
     """
 
     def __init__(
         self,
         path: Path,
-        device: str,
+        requested_device: str,
         config: ModelConfig,
         tokenizer: Tokenizer,
         weights: dict[str, np.ndarray],
         payload: dict[str, Any],
     ) -> None:
         self.path = path
-        self.device = device
+        self.requested_device = requested_device
         self.config = config
         self.tokenizer = tokenizer
         self._weights = weights
@@ -100,12 +102,16 @@ class Model:
         self._module: RNNLanguageModel | None = None
         self._resolved: torch.device | None = None
 
+    @property
+    def device(self) -> str:
+        """The device the model runs on ("cpu", "cuda", "cuda:1", "mps"): `requested_device` resolved,
+        without importing torch where the CPU is certain (`pick.surely_cpu`)."""
+        return "cpu" if surely_cpu(self.requested_device) else str(self._torch_device())
+
     def __repr__(self) -> str:
-        cfg = self.config
-        return (
-            f"Model({str(self.path)!r}: {cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, "
-            f"{self.tokenizer.kind} tokenizer of {cfg.vocab_size} ids, device={self.device!r})"
-        )
+        cfg, kind = self.config, self.tokenizer.kind
+        shape = f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, {kind} tokenizer of {cfg.vocab_size} ids"
+        return f"Model({str(self.path)!r}: {shape}, device={self.device!r})"
 
     # --- generating --------------------------------------------------------------------------
 
@@ -129,8 +135,8 @@ class Model:
         ends before the first of its `stop` strings. A prime character the model never saw is
         read as <unk> (a CharrnnWarning).
         """
-        run = self._sampler(prime, length, temperature, top_k, top_p, seed, num_samples, stop)
-        texts = run(None).texts
+        settings = _settings(self.tokenizer, prime, length, temperature, top_k, top_p, seed, num_samples, stop)
+        texts = self._sampler(prime, settings)(None).texts
         return texts[0] if num_samples == 1 else texts
 
     def stream(
@@ -150,8 +156,8 @@ class Model:
 
         The arguments are checked now; generation starts at the first `next`, on a thread of its
         own, and stops soon after the iterator is closed or dropped."""
-        run = self._sampler(prime, length, temperature, top_k, top_p, seed, num_samples, stop)
-        return _pieces(run, single=num_samples == 1)
+        settings = _settings(self.tokenizer, prime, length, temperature, top_k, top_p, seed, num_samples, stop)
+        return _callback_as_iterator(self._sampler(prime, settings), single=num_samples == 1)
 
     def examples(
         self,
@@ -177,91 +183,41 @@ class Model:
         least 100); a sample that runs past it without a line break is dropped. `stop` strings
         end an example early, as in `generate`.
         """
-        from charrnn.sample.examples import draw_examples
-        from charrnn.sample.settings import MAX_SAMPLES
+        from charrnn.sample.examples import check_example_request, draw_examples
 
         if not self.lines:
             raise CharrnnError(f"{self.path} was not trained with --lines: it has no examples to draw, only text")
-        n = integer("the number of examples", n)
-        if not 1 <= n <= MAX_SAMPLES:
-            raise CharrnnError(f"the number of examples must be in 1..{MAX_SAMPLES}, got {n!r}")
-        if not isinstance(prime, str) or "\n" in prime:
-            raise CharrnnError("the prime of an example must be a str without a line break: it starts one line")
-        if length is not None and integer("--length", length) < 1:
-            raise CharrnnError(f"the length of an example must be at least 1 character, got {length!r}")
-        unique, novel = flag("--unique", unique), flag("--novel", novel)
+        n, unique, novel = check_example_request(n, prime, length, unique, novel)
         sets = self.line_sets(required=novel)
         cap = length or (max(100, 2 * sets.longest) if sets else 500)
-        stops = ("\n", *strings("--stop", stop))
+        start = "\n" + prime  # a line break first, so the model starts a fresh example
+        # cap + 1 tells a cut example; the prime is checked (and an unknown character warned of) once.
+        settings = _settings(
+            self.tokenizer, start, cap + 1, temperature, top_k, top_p, seed, 1, ("\n", *strings("--stop", stop))
+        )
 
         def generate(count: int, round_seed: int | None) -> list[str]:
-            # Primed with a line break, so the model starts a fresh example; cap + 1 tells a cut one.
-            run = self._sampler("\n" + prime, cap + 1, temperature, top_k, top_p, round_seed, count, stops)
-            return run(None).texts
+            return self._sampler(start, replace(settings, num_samples=count, seed=round_seed))(None).texts
 
-        with warnings.catch_warnings():
-            if prime:  # the prime is checked (and an unknown character warned of) once, not every round
-                self._sampler("\n" + prime, cap, temperature, top_k, top_p, seed, 1, stops)
-                warnings.simplefilter("ignore", CharrnnWarning)
-            return draw_examples(generate, n, prime, sets=sets, unique=unique, novel=novel, length=cap, seed=seed)
+        return draw_examples(generate, n, prime, sets=sets, unique=unique, novel=novel, length=cap, seed=seed)
 
     def line_sets(self, *, required: bool = False) -> LineSets | None:
         """The line hashes of a --lines run (lines.npz beside the checkpoint), or None when the file
         is not there; `required`: a missing file is a CharrnnError."""
-        from charrnn.data.lines import LINES_FILE, LineSets
-
-        path = self.path.parent / LINES_FILE
-        if self._line_sets is None and (required or path.exists()):
-            if not path.exists():
-                raise CharrnnError(f"{path} is missing: without the run's line hashes, new and copied lines look alike")
-            self._line_sets = LineSets.load(path)
+        if self._line_sets is None:
+            self._line_sets = _read_line_sets(self.path, required)
         return self._line_sets
 
-    def _sampler(
-        self,
-        prime: str,
-        length: int,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        seed: int | None,
-        num_samples: int,
-        stop: str | Sequence[str],
-    ) -> Callable[[OnText | None], SampleResult]:
-        """Checked settings and prime, bound to the sampler that serves them: a call with a text
-        callback (or None) generates."""
-        if not isinstance(prime, str):
-            raise CharrnnError(f"the prime must be a str, got {type(prime).__name__}")
-        stops = strings("--stop", stop)
-        settings = SampleSettings(
-            length=length,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            num_samples=num_samples,
-            stop=stops,
-        )
-        _, unknown, _ = start_ids(self.tokenizer, prime)  # refuses a prime of unknown characters only
-        if unknown:
-            message = f"{unknown} prime character(s) are not in the model's vocabulary and were read as <unk>"
-            warnings.warn(message, CharrnnWarning, stacklevel=3)
-        if self._numpy_samples():
+    def _sampler(self, prime: str, settings: SampleSettings) -> Callable[[OnText | None], SampleResult]:
+        """The backend that serves this model's samples (`pick.numpy_serves`), bound to the prime
+        and the settings: a call with a text callback (or None) generates."""
+        if numpy_serves(self.device):
             from charrnn.sample.numpy_sampler import sample_numpy
 
             return functools.partial(sample_numpy, self.config, self._weights, self.tokenizer, prime, settings)
         from charrnn.sample.torch_sampler import sample
 
         return functools.partial(sample, self.torch_module(), self.tokenizer, prime, settings)
-
-    def _numpy_samples(self) -> bool:
-        """Whether the numpy sampler serves this model: on the CPU, for any number of samples (so
-        that sample i of a seed is the same text however many are drawn), unless CHARRNN_SAMPLER=torch."""
-        if os.environ.get("CHARRNN_SAMPLER", "numpy") == "torch":
-            return False
-        if self.device == "cpu" or (self.device == "auto" and "torch" not in sys.modules and not _gpu_possible()):
-            return True
-        return self._torch_device().type == "cpu"
 
     # --- scoring -----------------------------------------------------------------------------
 
@@ -287,9 +243,8 @@ class Model:
         if integer("top_k", top_k) < 0:
             raise CharrnnError(f"top_k must be >= 0, got {top_k!r}")
         activations = flag("activations", activations)
-        return score_text(
-            self.torch_module(), self.tokenizer, text, top_k=top_k, activations=activations, autocast=self.uses_bf16()
-        )
+        module, autocast = self.torch_module(), self.uses_bf16()
+        return score_text(module, self.tokenizer, text, top_k=top_k, activations=activations, autocast=autocast)
 
     # --- the torch side, built once when first needed ------------------------------------------
 
@@ -297,7 +252,7 @@ class Model:
         if self._resolved is None:
             from charrnn.devices import resolve_device
 
-            self._resolved = resolve_device(self.device)
+            self._resolved = resolve_device(self.requested_device)
         return self._resolved
 
     def uses_bf16(self) -> bool:
@@ -312,20 +267,68 @@ class Model:
         it is asked for and kept: `module(tokens, state)` takes (T, B) token ids and gives logits,
         the loss (None) and the state after them (see charrnn/model.py)."""
         if self._module is None:
-            import numpy as np
-            import torch
-
-            from charrnn.checkpoint import model_from_checkpoint
-
-            # Copies: the arrays may be read-only views of a memory-mapped file.
-            tensors = {key: torch.from_numpy(np.array(value)) for key, value in self._weights.items()}
-            device = self._torch_device()
-            # Building the module initialises weights (overwritten at once) from torch's generator:
-            # the caller's random state is left as it was.
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                module, _ = model_from_checkpoint({**self._described, "model": tensors}, device)
-            self._module = module.eval()
+            self._module = _torch_model(self._weights, self._described, self._torch_device())
         return self._module
+
+
+def _torch_model(weights: dict[str, np.ndarray], described: dict[str, Any], device: torch.device) -> RNNLanguageModel:
+    """The torch model of a checkpoint's arrays, in eval mode on `device`."""
+    import numpy as np
+    import torch
+
+    from charrnn.checkpoint import model_from_checkpoint
+
+    # Copies: the arrays may be read-only views of a memory-mapped file.
+    tensors = {key: torch.from_numpy(np.array(value)) for key, value in weights.items()}
+    # Building the module initialises weights (overwritten at once) from torch's generator:
+    # the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        module, _ = model_from_checkpoint({**described, "model": tensors}, device)
+    return module.eval()
+
+
+def _read_line_sets(checkpoint: Path, required: bool) -> LineSets | None:
+    """lines.npz beside `checkpoint`, or None when it is not there (a CharrnnError when `required`)."""
+    from charrnn.data.lines import LINES_FILE, LineSets
+
+    path = checkpoint.parent / LINES_FILE
+    if not path.exists():
+        if required:
+            raise CharrnnError(f"{path} is missing: without the run's line hashes, new and copied lines look alike")
+        return None
+    return LineSets.load(path)
+
+
+def _settings(
+    tokenizer: Tokenizer,
+    prime: str,
+    length: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    num_samples: int,
+    stop: str | Sequence[str],
+) -> SampleSettings:
+    """The checked settings of a sampling call; a prime character the model never saw is warned
+    of (a CharrnnWarning pointing at the caller of `generate`, `stream` or `examples`)."""
+    if not isinstance(prime, str):
+        raise CharrnnError(f"the prime must be a str, got {type(prime).__name__}")
+    stops = strings("--stop", stop)
+    settings = SampleSettings(
+        length=length,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        num_samples=num_samples,
+        stop=stops,
+    )
+    _, unknown, _ = start_ids(tokenizer, prime)  # refuses a prime of unknown characters only
+    if unknown:
+        message = f"{unknown} prime character(s) are not in the model's vocabulary and were read as <unk>"
+        warnings.warn(message, CharrnnWarning, stacklevel=3)
+    return settings
 
 
 def _check_text(text: str) -> None:
@@ -335,21 +338,11 @@ def _check_text(text: str) -> None:
         raise CharrnnError("the text is empty")
 
 
-def _gpu_possible() -> bool:
-    """Whether torch could find a GPU here, judged without importing it: on Linux only where a
-    CUDA or ROCm driver shows its device files, on macOS on Apple silicon (MPS), elsewhere always."""
-    if sys.platform.startswith("linux"):
-        return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg"))
-    if sys.platform == "darwin":
-        return platform.machine() == "arm64"
-    return True
-
-
 class _Stopped(Exception):
     """Raised inside the sampler's callback once the stream's reader has gone: ends generation."""
 
 
-def _pieces(run: Callable[[OnText], SampleResult], single: bool) -> Iterator[Any]:
+def _callback_as_iterator(run: Callable[[OnText], SampleResult], single: bool) -> Iterator[Any]:
     """What `run` hands its text callback, as an iterator: `run` goes on a thread of its own and
     its pieces come through a queue; an exception in it is raised here; closing the iterator
     stops it at its next piece."""

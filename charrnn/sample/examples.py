@@ -14,7 +14,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from charrnn.arguments import flag, integer
 from charrnn.data.lines import NEW, LineSets
+from charrnn.errors import CharrnnError
 from charrnn.sample.settings import MAX_SAMPLES
 
 MAX_DRAWS_PER_EXAMPLE = 10
@@ -24,6 +26,20 @@ SIDE_WORDS = {"train": "a training line", "val": "a validation line", "test": "a
 
 # generate(count, seed) -> `count` continuations of the prime, each stopped at its line break
 Generate = Callable[[int, "int | None"], list[str]]
+
+
+def check_example_request(
+    n: object, prime: object, length: object, unique: object, novel: object
+) -> tuple[int, bool, bool]:
+    """`Model.examples`'s arguments checked, with the flags' messages: n, unique and novel as typed."""
+    n = integer("the number of examples", n)
+    if not 1 <= n <= MAX_SAMPLES:
+        raise CharrnnError(f"the number of examples must be in 1..{MAX_SAMPLES}, got {n!r}")
+    if not isinstance(prime, str) or "\n" in prime:
+        raise CharrnnError("the prime of an example must be a str without a line break: it starts one line")
+    if length is not None and integer("--length", length) < 1:
+        raise CharrnnError(f"the length of an example must be at least 1 character, got {length!r}")
+    return n, flag("--unique", unique), flag("--novel", novel)
 
 
 def max_draws(n: int) -> int:
