@@ -14,9 +14,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from charrnn.data.tokenizers import Tokenizer
-from charrnn.errors import CharrnnError
 from charrnn.sample.settings import SampleResult, SampleSettings
-from charrnn.sample.text import NOT_FINITE, Healing, TextStream, deliver, start_ids
+from charrnn.sample.text import Healing, TextStream, deliver, refuse_unk, start_ids
 
 OnText = Callable[[int, str], None]
 Tokens = Any  # one step's token of every stream, (B,), or a block of steps, (steps, B): an array or a tensor
@@ -98,8 +97,7 @@ class _Bulk:
         if not self.blocks:
             return [""] * self.batch, 0
         rows = self.backend.on_host(self.blocks, self.length)  # one copy to the host, then numpy decodes each row
-        if self.tokenizer.unk_id is not None and bool((rows == self.tokenizer.unk_id).any()):
-            raise CharrnnError(NOT_FINITE)
+        refuse_unk(rows, self.tokenizer.unk_id)
         # Exactly `length` tokens of each stream are text, however many the last block computed.
         return [self.tokenizer.decode(ids) for ids in rows], self.batch * self.length
 

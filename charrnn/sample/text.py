@@ -21,8 +21,9 @@ NOT_FINITE = (
 )
 
 
-def refuse_unk(ids: Sequence[int], unk_id: int | None) -> None:
-    """Stop with NOT_FINITE when the ids just drawn hold <unk>, which a sampler never draws from finite scores."""
+def refuse_unk(ids: Sequence[int] | Any, unk_id: int | None) -> None:
+    """Stop with NOT_FINITE when the ids just drawn (a list, or an array of any shape) hold <unk>,
+    which a sampler never draws from finite scores."""
     if unk_id is not None and unk_id in ids:
         raise CharrnnError(NOT_FINITE)
 
