@@ -3,6 +3,11 @@ delivery of the text as it is made, and the result.
 
 A backend computes (numpy in `numpy_sampler.py`, torch in `torch_sampler.py`); this module decides
 what is computed and what becomes of it. Nothing here imports torch.
+
+Greedy, both backends write the same text. Sampled, each draws from its own generators (numpy's,
+one per stream; torch's, one per call), whose seeded texts are pinned since charrnn 0.1, so a seed
+gives each backend its own text; given the same draws they agree but where float32 sums in another
+order move a near tie (tests/test_sampler_rng.py, docs/sampling.md).
 """
 
 from __future__ import annotations
