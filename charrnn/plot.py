@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from charrnn.errors import CharrnnError
-from charrnn.rundir import RunDir, RunLog, finite
+from charrnn.rundir import CURVES_FILE, RunDir, RunLog, finite
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 X_AXES = ("step", "time", "chars")
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 SIZE_INCHES, DPI = (9.6, 6.0), 100  # a 960 x 600 PNG
-CURVES_FILE = "curves.png"
 REFERENCES = ("gzip", "xz")  # the compressors drawn as reference lines
 LN2 = math.log(2)
 UNIT = "bits/char"  # of the axis and of every figure in the legend
@@ -160,7 +159,7 @@ def _replace(path: Path, write: Callable[[Any], None]) -> None:
 
 def write_curves(run_dir: Path) -> Path:
     """Write (or refresh) runs/NAME/curves.png from the run's records so far."""
-    return plot_runs([run_dir], run_dir / CURVES_FILE)
+    return plot_runs([run_dir], RunDir(run_dir).curves)
 
 
 class CurvesWriter:

@@ -11,14 +11,14 @@ runs/NAME/
                     val_loss (nats per *character*); a run that ended on its own says why (`stop`)
   samples.jsonl     one record a line: a sample drawn at an evaluation (charrnn/train_samples.py)
   lines.npz         a --lines run only: the hashes of its training, validation and test lines
+  curves.png        the loss curves, redrawn at evaluations (charrnn/plot.py)
   .lock             held (flock) by the `charrnn train` writing here, its pid inside
 
 A run from charrnn 0.1 holds best.pt and last.pt (format 1) instead: it is still a run, and
 resuming it reads last.pt and from then on writes the .safetensors files.
 
-The logs are read by one reader with one policy: a last line that is cut short (what a killed
-writer leaves) or is no record is skipped, a bad line before it is an error; `strict` readers
-(`charrnn plot`) refuse the last line too. Nothing here imports torch: `charrnn runs` stays quick.
+Both logs have one reader (`_read_lines`) and one policy: a last line cut short (what a killed
+writer leaves) is skipped, a bad line before it is an error. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from charrnn.data.dataset import Dataset
 
 CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, LOCK_FILE = "config.json", "metrics.jsonl", "samples.jsonl", ".lock"
+CURVES_FILE = "curves.png"
 MAX_CONFIG_BYTES = 64 << 20  # a run's config.json is a few kB; a corpus of many files' paths, some MB
 _SECTIONS = ("train", "model", "corpus", "torchrun")  # the config's parts that must be objects
 
@@ -67,11 +68,10 @@ class RunDir:
         self.samples = path / SAMPLES_FILE
         self.lines = path / LINES_FILE  # a --lines run's line hashes (charrnn.data.lines.LineSets)
         self.lock_file = path / LOCK_FILE
+        self.curves = path / CURVES_FILE
         self._lock_fd: int | None = None
         self._made: list[Path] = []  # directories create() made, deepest first
         self._made_lock = False
-
-    # ----- the checkpoints it holds -----
 
     def best_checkpoint(self) -> Path | None:
         """The checkpoint of the lowest validation loss: best.safetensors, or a 0.1 run's best.pt."""
@@ -83,8 +83,6 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         return any(path.exists() for path in (self.best, self.last, self.legacy_best, self.legacy_last))
-
-    # ----- making it, and the one writer -----
 
     def create(self, *, fresh: bool) -> None:
         if fresh:
@@ -102,23 +100,18 @@ class RunDir:
 
     def holder(self) -> str | None:
         """The pid of the `charrnn train` holding the run's lock ("?" where it wrote none), or None
-        when nobody holds it (or the lock cannot be opened: no writer took it)."""
-        try:
-            return self._probe_lock()
-        except OSError:
-            return None
-
-    def _probe_lock(self) -> str | None:
-        """Ask for a shared flock without waiting and drop it at once: refused means a writer holds it.
+        when nobody does: a shared flock, asked for without waiting, is refused, else dropped at once.
         (Held for microseconds, it could make a `train` starting at that instant report the run busy.)"""
         try:  # O_NONBLOCK: a named pipe put where the lock goes must not hang the question
             fd = os.open(self.lock_file, os.O_RDONLY | os.O_NONBLOCK)
-        except FileNotFoundError:
-            return None  # never trained here, or tidied away
+        except OSError:
+            return None  # never trained here, or tidied away: no writer took it
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
         except BlockingIOError:
             return _pid_in(fd)
+        except OSError:
+            return None
         finally:
             os.close(fd)
         return None
@@ -148,10 +141,7 @@ class RunDir:
     def refuse_if_locked(self) -> None:
         """Refuse as `lock` does while another process holds the lock, without taking it or writing
         anything: a resume that is then refused for another reason leaves the run as it was."""
-        try:
-            holder = self._probe_lock()
-        except OSError as exc:
-            raise CharrnnError(f"cannot lock run directory {self.path}: {exc.strerror or exc}") from None
+        holder = self.holder()
         if holder is not None:
             raise self._in_use(holder)
 
@@ -175,8 +165,6 @@ class RunDir:
         os.close(self._lock_fd)
         self._lock_fd = None
 
-    # ----- config.json -----
-
     def begin(
         self,
         model: ModelConfig,
@@ -189,8 +177,8 @@ class RunDir:
         torchrun: dict[str, Any] | None = None,
     ) -> None:
         """What a fresh run starts with: its config.json (`corpus` is `corpus_record`'s; `init_from`
-        the source of a fine-tune; `torchrun` its world size and job id), a --lines run's line
-        hashes, and no metrics or samples left by an earlier start."""
+        a fine-tune's source: its path, content hash and step; `torchrun` the job's world size and
+        id), a --lines run's line hashes, and no metrics or samples left by an earlier start."""
         config = {
             "model": asdict(model),
             "train": asdict(train),
@@ -200,13 +188,13 @@ class RunDir:
             "chars_per_token": chars_per_token,  # train loss per char = train_loss / this
         }
         if dataset.val is not None:  # gzip/bzip2/xz for `charrnn plot`: eval's figures, on the same text
+            from charrnn.data.dataset import validation_text
             from charrnn.evaluate import compression_baselines
 
-            config["baselines"] = compression_baselines("".join(self.validation_text(dataset, config)))
-        if init_from is not None:
-            config["init_from"] = init_from  # the source's path, content hash and step
-        if torchrun is not None:
-            config["torchrun"] = torchrun
+            held_out = validation_text({"corpus": corpus, "train_config": config["train"]}, dataset)
+            config["baselines"] = compression_baselines("".join(held_out))
+        extra = {"init_from": init_from, "torchrun": torchrun}
+        config.update({key: value for key, value in extra.items() if value is not None})
         self.write_config(config)
         if dataset.lines is not None:  # each side's line hashes: `sample` tells new lines from copies
             dataset.lines.save(self.lines)
@@ -218,49 +206,18 @@ class RunDir:
         atomic_write(self.config, lambda handle: handle.write(text.encode()))
 
     def read_config(self) -> dict[str, Any]:
-        """config.json, refused in one line (naming the file and what is wrong) where it is not what
-        training writes: no regular file, over MAX_CONFIG_BYTES, no JSON object, nested thousands
-        deep, or a part the readers use of another type."""
-        if os.path.lexists(self.config) and not self.config.is_file():
-            raise CharrnnError(f"{self.config} is not a regular file")
-        try:
-            with open(self.config, "rb") as handle:
-                data = handle.read(MAX_CONFIG_BYTES + 1)
-        except OSError as exc:
-            raise CharrnnError(f"cannot read {self.config}: {exc.strerror or exc}") from None
-        if len(data) > MAX_CONFIG_BYTES:
-            limit = MAX_CONFIG_BYTES >> 20
-            raise CharrnnError(f"{self.config} is larger than {limit} MiB: not a run config that charrnn wrote")
-        try:
-            config = json.loads(data.decode("utf-8", "replace"))
-        except RecursionError:
-            raise CharrnnError(f"cannot read {self.config}: its JSON is nested too deeply for a run config") from None
-        except ValueError as exc:
-            raise CharrnnError(f"cannot read {self.config}: {exc}") from None
-        if not isinstance(config, dict):
-            raise CharrnnError(f"{self.config} is not a run config (not a JSON object)")
-        _check_config(self.config, config)
-        return config
+        """config.json, refused in one line where it is not what training writes (`_read_config`)."""
+        return _read_config(self.config)
 
-    def validation_text(self, dataset: Dataset | None = None, config: dict[str, Any] | None = None) -> Iterator[str]:
+    def validation_text(self) -> Iterator[str]:
         """The run's held-out text, read from its files as its training split them (the end of the
-        running text, the --val-file, or a --lines run's held-out lines): see
-        `charrnn.data.dataset.validation_text`. `dataset` and `config` are the run's where the
-        caller has them (training, before config.json is written); else they are rebuilt from the
-        run's checkpoint, which checks that the files still hold the text it trained on."""
+        running text, the --val-file, or a --lines run's held-out lines: `data.dataset.validation_text`),
+        from what its checkpoint records, once the files are checked to hold the text it trained on."""
+        from charrnn.checkpoint import load_checkpoint, train_config_of
         from charrnn.data.dataset import dataset_of_run, validation_text
 
-        if dataset is None or config is None:
-            from charrnn.checkpoint import load_checkpoint, train_config_of
-
-            checkpoint = self.best_checkpoint() or self.resume_from()
-            if checkpoint is None:
-                raise CharrnnError(f"run {self.path} has no checkpoint to rebuild its validation text from")
-            payload = load_checkpoint(checkpoint)
-            return validation_text(payload, dataset or dataset_of_run(payload, train_config_of(payload)))
-        return validation_text({"corpus": config["corpus"], "train_config": config["train"]}, dataset)
-
-    # ----- metrics.jsonl and samples.jsonl -----
+        payload = load_checkpoint(self.path, arrays=True)  # its best checkpoint, else its last
+        return validation_text(payload, dataset_of_run(payload, train_config_of(payload)))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         _append(self.metrics, record)
@@ -440,6 +397,32 @@ def _pid_in(fd: int) -> str:
 def _left_by_charrnn(name: str) -> bool:
     """A run's lock, or the temporary file (`.NAME.PID.tmp`) of a writer that was killed mid-save."""
     return name == LOCK_FILE or re.fullmatch(r"\..+\.[0-9]{1,10}\.tmp", name) is not None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """A run's config.json, refused in one line (naming the file and what is wrong) where it is not
+    what training writes: no regular file, over MAX_CONFIG_BYTES, no JSON object, nested thousands
+    deep, or a part the readers use of another type."""
+    if os.path.lexists(path) and not path.is_file():
+        raise CharrnnError(f"{path} is not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise CharrnnError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        limit = MAX_CONFIG_BYTES >> 20
+        raise CharrnnError(f"{path} is larger than {limit} MiB: not a run config that charrnn wrote")
+    try:
+        config = json.loads(data.decode("utf-8", "replace"))
+    except RecursionError:
+        raise CharrnnError(f"cannot read {path}: its JSON is nested too deeply for a run config") from None
+    except ValueError as exc:
+        raise CharrnnError(f"cannot read {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise CharrnnError(f"{path} is not a run config (not a JSON object)")
+    _check_config(path, config)
+    return config
 
 
 def _check_config(path: Path, config: dict[str, Any]) -> None:

@@ -56,6 +56,25 @@ def test_a_run_directory_opens_as_a_run(trained: Run, tmp_path: Path) -> None:
     assert (empty.best, empty.last, empty.history) == (None, None, [])
 
 
+def test_the_run_directory_rebuilds_its_validation_text(trained: Run) -> None:
+    from charrnn.data.dataset import validation_of_checkpoint
+    from charrnn.rundir import RunDir
+
+    text = "".join(RunDir(trained.path).validation_text())
+    assert text and text == "".join(validation_of_checkpoint(trained.path, purpose="score")[0])
+
+
+def test_history_leaves_out_a_torn_last_line_and_refuses_a_bad_one_before_it(tmp_path: Path) -> None:
+    """One reader of metrics.jsonl: a line cut short at the end is what a killed (or running) run
+    leaves; a line that is no record before the last is damage, said so."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 5}\n{"step": 10}\n{"step": 15, "tra')
+    assert [record["step"] for record in Run(tmp_path).history] == [5, 10]
+    metrics.write_text('{"step": 5}\nnot json\n{"step": 15}\n')
+    with pytest.raises(CharrnnError, match="line 2 of .*metrics.jsonl is not a metrics record"):
+        _ = Run(tmp_path).history
+
+
 def test_a_format_1_run_is_a_run() -> None:
     old = Run(ROOT / "tests" / "fixtures" / "format1")
     assert old.best is not None and old.best.name == "best.pt"

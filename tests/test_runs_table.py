@@ -129,6 +129,29 @@ def test_a_torn_metrics_line_does_not_hide_the_run(runs: Path) -> None:
     assert run_row(runs / "good").steps == 30
 
 
+def test_a_bad_metrics_line_before_the_last_is_a_row_saying_so(runs: Path) -> None:
+    metrics = runs / "good" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text(lines[0] + '{"step": 20, "val_lo\n' + "".join(lines[1:]))
+    row = run_row(runs / "good")
+    assert row.status == "unreadable" and row.reason == "line 2 of metrics.jsonl is not a metrics record"
+
+
+def test_the_lock_is_asked_one_way_by_everyone(runs: Path) -> None:
+    """RunDir.holder is what `charrnn runs`, a fresh `train` and a `--resume` ask of a lock."""
+    held = RunDir(runs / "killed")
+    assert held.holder() is None
+    held.lock()
+    try:
+        assert RunDir(runs / "killed").holder() == str(os.getpid())
+        with pytest.raises(CharrnnError, match=rf"in use by another charrnn train \(pid {os.getpid()}\)"):
+            RunDir(runs / "killed").refuse_if_locked()
+    finally:
+        held.unlock()
+    assert RunDir(runs / "killed").holder() is None
+    RunDir(runs / "killed").refuse_if_locked()
+
+
 def test_an_unreadable_config_is_a_row_saying_so(runs: Path) -> None:
     (runs / "slow" / "config.json").write_text("{not json")
     row = run_row(runs / "slow")
