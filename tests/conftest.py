@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -11,9 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-import torch
-import typer.main
+# Under pytest-xdist (`make test` runs two workers on two cores) each worker, and every process a
+# test starts, computes with one thread: two workers that each spin a pool of threads for tiny
+# models would only wait on each other. Set before torch is imported, so its pool starts at one.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import typer.main  # noqa: E402
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -51,8 +61,6 @@ def one_thread_per_module() -> Iterator[None]:
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs mounted for one test, for real full disks (root, and a sandbox that allows it)."""
-    import shutil
-
     mount = tmp_path / "fs"
     mount.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
@@ -74,6 +82,34 @@ def real_text() -> str:
     return KJV.read_text(encoding="utf-8")[:60_000]
 
 
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory: pytest.TempPathFactory, real_text: str) -> Path:
+    """A directory holding corpus.txt (20,000 characters of real_text) and run/, a 5-step char run
+    of a 1x32 LSTM trained on it: trained once per session (per xdist worker) for the tests that
+    only need some real run. Never write into it: copy it (see `copied`)."""
+    from charrnn.config import TrainConfig
+    from charrnn.data.corpus import find_corpus
+    from charrnn.training import train
+
+    base = tmp_path_factory.mktemp("tiny-trained")
+    (base / "corpus.txt").write_text(real_text[:20_000], encoding="utf-8")
+    small = TrainConfig(batch_size=4, seq_len=16, eval_interval=5, log_interval=5, max_steps=5, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(find_corpus([str(base / "corpus.txt")]), TINY_MODEL, small, base / "run",
+              cache_dir=tmp_path_factory.mktemp("c"))  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return base
+
+
+def copied(source: Path, tmp_path: Path) -> Path:
+    """A copy of the directory `source` in tmp_path (w/), for a test that may change it."""
+    shutil.copytree(source, tmp_path / "w")
+    return tmp_path / "w"
+
+
 @pytest.fixture
 def corpus_file(tmp_path: Path, real_text: str) -> Path:
     path = tmp_path / "corpus.txt"
@@ -87,6 +123,9 @@ def shakespeare() -> Path:
         pytest.skip(f"benchmark text not present at {SHAKESPEARE}")
     return SHAKESPEARE
 
+
+# The model of `tiny_trained`, as the library's train takes it.
+TINY_MODEL = {"num_layers": 1, "hidden_size": 32, "embed_size": 16}
 
 # Small, fast settings for CLI training runs in tests.
 TINY = [

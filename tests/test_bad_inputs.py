@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import TINY, charrnn, in_process
+from conftest import TINY, TINY_MODEL, charrnn, copied, in_process
 
 from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
 from charrnn.training import train
 
-MODEL = {"num_layers": 1, "hidden_size": 32, "embed_size": 16}
+MODEL = TINY_MODEL
 SMALL = TrainConfig(batch_size=4, seq_len=16, eval_interval=5, log_interval=5, max_steps=5, device="cpu")
 
 
@@ -232,23 +231,10 @@ CASES: dict[str, Case] = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, real_text: str) -> Path:
-    """A corpus and a small trained run, copied into each test's directory."""
-    base = tmp_path_factory.mktemp("base")
-    (base / "corpus.txt").write_text(real_text[:20_000], encoding="utf-8")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    train(find_corpus([str(base / "corpus.txt")]), MODEL, SMALL, base / "run", cache_dir=tmp_path_factory.mktemp("c"))
-    torch.set_num_threads(threads)
-    return base
-
-
 @pytest.fixture
-def work(tmp_path: Path, trained: Path) -> Path:
-    root = tmp_path / "w"
-    shutil.copytree(trained, root)
-    return root
+def work(tmp_path: Path, tiny_trained: Path) -> Path:
+    """A corpus and a small trained run (the session's `tiny_trained`), copied into the test's directory."""
+    return copied(tiny_trained, tmp_path)
 
 
 def snapshot(root: Path) -> dict[str, tuple]:

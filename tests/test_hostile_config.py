@@ -22,34 +22,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TINY, in_process
+from conftest import TINY, copied, in_process
 
 from charrnn import options
-from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError
 from charrnn.runs import train as api_train
-from charrnn.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-MODEL = {"num_layers": 1, "hidden_size": 32, "embed_size": 16}
-SMALL = TrainConfig(batch_size=4, seq_len=16, eval_interval=5, log_interval=5, max_steps=5, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, real_text: str) -> Path:
-    base = tmp_path_factory.mktemp("config")
-    (base / "corpus.txt").write_text(real_text[:20_000], encoding="utf-8")
-    train(find_corpus([str(base / "corpus.txt")]), MODEL, SMALL, base / "run", cache_dir=tmp_path_factory.mktemp("c"))
-    return base
-
 
 @pytest.fixture
-def work(tmp_path: Path, trained: Path) -> Path:
-    root = tmp_path / "w"
-    shutil.copytree(trained, root)
-    return root
+def work(tmp_path: Path, tiny_trained: Path) -> Path:
+    """A corpus and a small trained run (the session's `tiny_trained`), copied into the test's directory."""
+    return copied(tiny_trained, tmp_path)
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
