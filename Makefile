@@ -28,8 +28,10 @@ demo: install
 	$(BIN)/charrnn viz runs/demo --html runs/demo/explain.html
 	@echo "also in runs/demo: curves.png (loss curves), samples.jsonl (the samples drawn while it trained)"
 
+# Two workers (pytest-xdist), each test file on one of them, so a file's shared fixtures (the runs it
+# trains once) are made once; each worker computes with one thread (tests/conftest.py).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check charrnn tests scripts
