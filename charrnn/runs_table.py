@@ -75,7 +75,7 @@ def _created(log: RunLog) -> str | None:
     if isinstance(created, str):
         return created
     try:  # runs from before `created` was recorded: config.json is written once, at the start
-        stamp = (log.path / CONFIG_FILE).stat().st_mtime
+        stamp = RunDir(log.path).config.stat().st_mtime
     except OSError:
         return None
     return datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="seconds")
@@ -97,9 +97,9 @@ def run_row(path: Path) -> RunRow:
         name=log.name,
         path=str(path),
         created=_created(log),
-        corpus=[str(f) for f in corpus.get("files", [])] if isinstance(corpus, dict) else [],
-        tokenizer=train.get("tokenizer") if isinstance(train, dict) else None,
-        vocab_size=model.get("vocab_size") if isinstance(model, dict) else None,
+        corpus=list(corpus.get("files", [])),  # read_log checked each section's type
+        tokenizer=train.get("tokenizer"),
+        vocab_size=model.get("vocab_size"),
         parameters=_parameters(log.config),
         steps=int(last.get("step", 0)),
         time_s=float(time_s) if finite(time_s) else None,
