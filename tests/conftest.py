@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -11,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 # Under pytest-xdist (`make test` runs two workers on two cores) each worker, and every process a
 # test starts, computes with one thread: two workers that each spin a pool of threads for tiny
@@ -190,18 +193,36 @@ def _command_built_once(app: Any) -> Any:
     return command
 
 
-def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run `charrnn ARGS` through charrnn.cli.main in this process (no second torch import, no
-    test hooks): its exit status, standard output and standard error."""
-    from unittest import mock
-
+def _exit_status_of_main(args: tuple[str, ...], stdin: str | None, env: dict[str, str] | None) -> int:
+    """Run charrnn.cli.main(ARGS), standard input reading `stdin` where given; its exit status."""
     from charrnn.cli import main
 
-    capsys.readouterr()
-    with mock.patch.object(typer.main, "get_command", _command_built_once), pytest.raises(SystemExit) as exited:
+    with contextlib.ExitStack() as context:
+        context.enter_context(mock.patch.object(typer.main, "get_command", _command_built_once))
+        context.enter_context(mock.patch.dict(os.environ, env or {}))
+        if stdin is not None:
+            context.enter_context(mock.patch.object(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode()))))
+        exited = context.enter_context(pytest.raises(SystemExit))
         main(list(args))
+    return exited.value.code or 0
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    """Run `charrnn ARGS` through charrnn.cli.main in this process (no second torch import, no
+    test hooks): its exit status, standard output and standard error."""
+    capsys.readouterr()
+    code = _exit_status_of_main(args, stdin, None)
     captured = capsys.readouterr()
-    return exited.value.code or 0, captured.out, captured.err
+    return code, captured.out, captured.err
+
+
+def run_in_process(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """`in_process` for fixtures wider than a test, which have no capsys: the output is caught
+    here, and `env` is added to the environment while the command runs."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = _exit_status_of_main(args, None, env)
+    return code, out.getvalue(), err.getvalue()
 
 
 # --- checkpoints built by hand, for the tests of reading them ---

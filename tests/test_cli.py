@@ -1,4 +1,6 @@
-"""The three commands end to end, as a user runs them."""
+"""The commands end to end, as a user runs them: through charrnn.cli.main in this process (the code
+the `charrnn` script runs), and through the real entry point in a subprocess where the process
+itself is what is tested (a reader that closes the pipe, --help and --version, errors)."""
 
 from __future__ import annotations
 
@@ -8,19 +10,21 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CLI, ROOT, TINY, charrnn
+from conftest import CLI, ROOT, TINY, charrnn, in_process, run_in_process
 
 FORMAT1 = ROOT / "tests" / "fixtures" / "format1"  # a run written by charrnn 0.1
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+Capture = pytest.CaptureFixture[str]
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, real_text: str) -> Path:
     root = tmp_path_factory.mktemp("cli")
     (root / "corpus.txt").write_text(real_text)
-    result = charrnn(
-        "train", str(root / "corpus.txt"), "--run", str(root / "run"), "--max-steps", "30", "--test-frac", "0.05", *TINY
-    )
-    assert result.returncode == 0, result.stderr
+    args = ["train", str(root / "corpus.txt"), "--run", str(root / "run"), "--max-steps", "30", "--test-frac", "0.05"]
+    code, _, err = run_in_process(*args, *TINY, env={"CHARRNN_CACHE_DIR": str(root / "cache")})
+    assert code == 0, err
     return root / "run"
 
 
@@ -34,58 +38,66 @@ def test_train_writes_a_complete_run(trained_run: Path) -> None:
     assert {"step", "time", "train_loss", "lr", "chars_per_sec"} <= records[-1].keys()
 
 
-def test_plain_progress_lines_when_not_a_terminal(tmp_path: Path, corpus_file: Path) -> None:
+def test_plain_progress_lines_when_not_a_terminal(tmp_path: Path, corpus_file: Path, capsys: Capture) -> None:
     args = [a for a in TINY if a != "--quiet"]
-    result = charrnn("train", str(corpus_file), "--run", str(tmp_path / "r"), "--max-steps", "20", *args)
-    assert result.returncode == 0, result.stderr
-    assert "step 10/20" in result.stdout and "chars/s" in result.stdout
-    assert "training summary" in result.stdout
-    assert "\x1b[" not in result.stdout  # no terminal control codes in logs
+    code, out, err = in_process(
+        capsys, "train", str(corpus_file), "--run", str(tmp_path / "r"), "--max-steps", "20", *args
+    )
+    assert code == 0, err
+    assert "step 10/20" in out and "chars/s" in out
+    assert "training summary" in out
+    assert "\x1b[" not in out  # no terminal control codes in logs
 
 
-def test_eval_reports_splits_and_baselines(trained_run: Path) -> None:
-    result = charrnn("eval", str(trained_run), "--json")
-    assert result.returncode == 0, result.stderr
-    rows = json.loads(result.stdout)
+def test_eval_reports_splits_and_baselines(trained_run: Path, capsys: Capture) -> None:
+    code, out, err = in_process(capsys, "eval", str(trained_run), "--json")
+    assert code == 0, err
+    rows = json.loads(out)
     assert set(rows) == {"val", "test"}
     for row in rows.values():
         assert row["bits_per_char"] == pytest.approx(row["nats_per_char"] / 0.6931471805599453)
         assert set(row["baselines_bits_per_char"]) == {"gzip", "bzip2", "xz"}
-    table = charrnn("eval", str(trained_run))
-    assert "bits/char" in table.stdout and "val" in table.stdout
+    _, table, _ = in_process(capsys, "eval", str(trained_run))
+    assert "bits/char" in table and "val" in table
 
 
-def test_eval_on_given_text_counts_unknown_characters(trained_run: Path, tmp_path: Path) -> None:
+def test_eval_on_given_text_counts_unknown_characters(trained_run: Path, tmp_path: Path, capsys: Capture) -> None:
     text = tmp_path / "held.txt"
     text.write_text("And God said ☃☃ unto them\n")
-    result = charrnn("eval", str(trained_run / "best.safetensors"), str(text), "--json", "--no-baselines")
-    assert result.returncode == 0, result.stderr
-    row = json.loads(result.stdout)[str(text)]
+    code, out, err = in_process(
+        capsys, "eval", str(trained_run / "best.safetensors"), str(text), "--json", "--no-baselines"
+    )
+    assert code == 0, err
+    row = json.loads(out)[str(text)]
     assert row["unknown"] == 2 and row["chars"] == len(text.read_text()) - 1
 
 
-def test_eval_reads_stdin(trained_run: Path) -> None:
-    result = charrnn("eval", str(trained_run), "-", "--json", stdin="And the LORD spake unto Moses\n")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["-"]["chars"] == 29
-
-
-def test_sample_streams_prime_and_continuation(trained_run: Path) -> None:
-    result = charrnn("sample", str(trained_run), "--prime", "And God", "--length", "40", "--seed", "3")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("And God")
-    assert len(result.stdout) == len("And God") + 40 + 1  # trailing newline
-    again = charrnn("sample", str(trained_run), "--prime", "And God", "--length", "40", "--seed", "3")
-    assert again.stdout == result.stdout
-
-
-def test_sample_many_to_a_file(trained_run: Path, tmp_path: Path) -> None:
-    out = tmp_path / "samples.txt"
-    result = charrnn(
-        "sample", str(trained_run), "--num-samples", "3", "--length", "20", "--seed", "1", "--output", str(out)
+def test_eval_reads_stdin(trained_run: Path, capsys: Capture) -> None:
+    code, out, err = in_process(
+        capsys, "eval", str(trained_run), "-", "--json", stdin="And the LORD spake unto Moses\n"
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == ""
+    assert code == 0, err
+    assert json.loads(out)["-"]["chars"] == 29
+
+
+def test_sample_streams_prime_and_continuation(trained_run: Path, capsys: Capture) -> None:
+    code, out, err = in_process(
+        capsys, "sample", str(trained_run), "--prime", "And God", "--length", "40", "--seed", "3"
+    )
+    assert code == 0, err
+    assert out.startswith("And God")
+    assert len(out) == len("And God") + 40 + 1  # trailing newline
+    _, again, _ = in_process(capsys, "sample", str(trained_run), "--prime", "And God", "--length", "40", "--seed", "3")
+    assert again == out
+
+
+def test_sample_many_to_a_file(trained_run: Path, tmp_path: Path, capsys: Capture) -> None:
+    out = tmp_path / "samples.txt"
+    code, printed, err = in_process(
+        capsys, "sample", str(trained_run), "--num-samples", "3", "--length", "20", "--seed", "1", "--output", str(out)
+    )
+    assert code == 0, err
+    assert printed == ""
     assert out.read_text().count("----- sample") == 3
 
 
@@ -104,48 +116,53 @@ def test_sample_into_a_reader_that_leaves_early_is_no_error(trained_run: Path, e
     assert proc.stderr.read() == b""
 
 
-def test_sample_prime_file(trained_run: Path, tmp_path: Path) -> None:
+def test_sample_prime_file(trained_run: Path, tmp_path: Path, capsys: Capture) -> None:
     prime = tmp_path / "prime.txt"
     prime.write_text("In the")
-    result = charrnn("sample", str(trained_run), "--prime-file", str(prime), "--length", "5", "--seed", "1")
-    assert result.returncode == 0 and result.stdout.startswith("In the")
+    code, out, _ = in_process(
+        capsys, "sample", str(trained_run), "--prime-file", str(prime), "--length", "5", "--seed", "1"
+    )
+    assert code == 0 and out.startswith("In the")
 
 
-def test_paths_that_look_like_markup_are_shown_as_written(tmp_path: Path, corpus_file: Path) -> None:
+def test_paths_that_look_like_markup_are_shown_as_written(tmp_path: Path, corpus_file: Path, capsys: Capture) -> None:
     # Progress messages name the run; rich must not read "[/x]" in it as a closing style tag.
     run = tmp_path / "r[/x][bold]"
-    assert charrnn("train", str(corpus_file), "--run", str(run), "--max-steps", "5", *TINY).returncode == 0
-    resumed = charrnn("train", "--resume", str(run), "--max-steps", "10")
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming {run} at step 5" in resumed.stdout
-    assert str(run) in resumed.stdout.split("training summary")[1]
-    listed = charrnn("runs", str(run.parent))
-    assert listed.returncode == 0, listed.stderr
-    assert run.name in listed.stdout
+    assert in_process(capsys, "train", str(corpus_file), "--run", str(run), "--max-steps", "5", *TINY)[0] == 0
+    code, resumed, err = in_process(capsys, "train", "--resume", str(run), "--max-steps", "10")
+    assert code == 0, err
+    assert f"resuming {run} at step 5" in resumed
+    assert str(run) in resumed.split("training summary")[1]
+    code, listed, err = in_process(capsys, "runs", str(run.parent))
+    assert code == 0, err
+    assert run.name in listed
 
 
-def test_train_from_stdin_and_resume(tmp_path: Path, real_text: str) -> None:
+def test_train_from_stdin_and_resume(tmp_path: Path, real_text: str, capsys: Capture) -> None:
     run = tmp_path / "r"
-    first = charrnn("train", "-", "--run", str(run), "--max-steps", "10", *TINY, stdin=real_text)
-    assert first.returncode == 0, first.stderr
+    code, _, err = in_process(capsys, "train", "-", "--run", str(run), "--max-steps", "10", *TINY, stdin=real_text)
+    assert code == 0, err
     # stdin is gone after the first run: resume needs the corpus file it recorded, which was temporary.
-    again = charrnn("train", "--resume", str(run), "--max-steps", "20", "--quiet")
-    assert again.returncode == 1 and again.stderr.startswith("charrnn: error:")
+    code, _, err = in_process(capsys, "train", "--resume", str(run), "--max-steps", "20", "--quiet")
+    assert code == 1 and err.startswith("charrnn: error:")
 
 
-def test_resume_extends_the_budget(tmp_path: Path, corpus_file: Path) -> None:
+def test_resume_extends_the_budget(tmp_path: Path, corpus_file: Path, capsys: Capture) -> None:
     run = tmp_path / "r"
-    assert charrnn("train", str(corpus_file), "--run", str(run), "--max-steps", "10", *TINY).returncode == 0
-    result = charrnn("train", "--resume", str(run), "--max-steps", "20", "--quiet")
-    assert result.returncode == 0, result.stderr
+    assert in_process(capsys, "train", str(corpus_file), "--run", str(run), "--max-steps", "10", *TINY)[0] == 0
+    code, _, err = in_process(capsys, "train", "--resume", str(run), "--max-steps", "20", "--quiet")
+    assert code == 0, err
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 20
 
 
-def test_separate_validation_file_and_gru_with_weight_drop(tmp_path: Path, corpus_file: Path, real_text: str) -> None:
+def test_separate_validation_file_and_gru_with_weight_drop(
+    tmp_path: Path, corpus_file: Path, real_text: str, capsys: Capture
+) -> None:
     val = tmp_path / "val.txt"
     val.write_text(real_text[:3000])
-    result = charrnn(
+    code, _, err = in_process(
+        capsys,
         "train",
         str(corpus_file),
         "--run",
@@ -160,9 +177,9 @@ def test_separate_validation_file_and_gru_with_weight_drop(tmp_path: Path, corpu
         "10",
         *TINY,
     )
-    assert result.returncode == 0, result.stderr
+    assert code == 0, err
     assert json.loads((tmp_path / "r" / "config.json").read_text())["model"]["weight_drop"] == 0.25
-    rows = json.loads(charrnn("eval", str(tmp_path / "r"), "--json", "--no-baselines").stdout)
+    rows = json.loads(in_process(capsys, "eval", str(tmp_path / "r"), "--json", "--no-baselines")[1])
     assert rows["val"]["chars"] == 2999
 
 
@@ -180,21 +197,23 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1 and "Traceback" not in result.stderr
 
 
-def test_convert_rewrites_a_format_1_run_one_line_per_file(tmp_path: Path) -> None:
+def test_convert_rewrites_a_format_1_run_one_line_per_file(tmp_path: Path, capsys: Capture) -> None:
     run = tmp_path / "old"
     shutil.copytree(FORMAT1, run)
-    result = charrnn("convert", str(run))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    code, out, err = in_process(capsys, "convert", str(run))
+    assert code == 0, err
+    assert out.splitlines() == [
         f"{run / 'best.pt'} -> {run / 'best.safetensors'}",
         f"{run / 'last.pt'} -> {run / 'last.safetensors'}",
     ]
-    again = charrnn("eval", str(run / "best.safetensors"), str(run / "held.txt"), "--json", "--no-baselines")
-    assert again.returncode == 0, again.stderr
+    code, _, err = in_process(
+        capsys, "eval", str(run / "best.safetensors"), str(run / "held.txt"), "--json", "--no-baselines"
+    )
+    assert code == 0, err
 
 
-def test_convert_one_file_to_a_named_target(tmp_path: Path) -> None:
-    result = charrnn("convert", str(FORMAT1 / "best.pt"), str(tmp_path / "model.safetensors"))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{FORMAT1 / 'best.pt'} -> {tmp_path / 'model.safetensors'}\n"
+def test_convert_one_file_to_a_named_target(tmp_path: Path, capsys: Capture) -> None:
+    code, out, err = in_process(capsys, "convert", str(FORMAT1 / "best.pt"), str(tmp_path / "model.safetensors"))
+    assert code == 0, err
+    assert out == f"{FORMAT1 / 'best.pt'} -> {tmp_path / 'model.safetensors'}\n"
     assert (tmp_path / "model.safetensors").is_file()
