@@ -216,13 +216,14 @@ def in_process(capsys: pytest.CaptureFixture[str], *args: str, stdin: str | None
     return code, captured.out, captured.err
 
 
-def run_in_process(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """`in_process` for fixtures wider than a test, which have no capsys: the output is caught
-    here, and `env` is added to the environment while the command runs."""
+def run_in_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`charrnn ARGS` as `charrnn` (the subprocess) gives it, run as `in_process` runs it: for the
+    tests whose process is not what they test, and fixtures wider than a test (no capsys). The
+    output is caught here; `env` is added to the environment while the command runs."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = _exit_status_of_main(args, None, env)
-    return code, out.getvalue(), err.getvalue()
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 # --- checkpoints built by hand, for the tests of reading them ---

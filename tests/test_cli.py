@@ -23,8 +23,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, real_text: str) -> Pat
     root = tmp_path_factory.mktemp("cli")
     (root / "corpus.txt").write_text(real_text)
     args = ["train", str(root / "corpus.txt"), "--run", str(root / "run"), "--max-steps", "30", "--test-frac", "0.05"]
-    code, _, err = run_in_process(*args, *TINY, env={"CHARRNN_CACHE_DIR": str(root / "cache")})
-    assert code == 0, err
+    done = run_in_process(*args, *TINY, env={"CHARRNN_CACHE_DIR": str(root / "cache")})
+    assert done.returncode == 0, done.stderr
     return root / "run"
 
 

@@ -2,7 +2,7 @@
 `best.pt` and `last.pt`, committed under tests/fixtures/format1/ with the figures the old code gave,
 expected.json) evaluates to the same bits per character, samples the same text for the same seed on
 the same sampler, converts to format 2 with the same numbers, and resumes training; a fresh run
-writes only `.safetensors` checkpoints.
+writes only `.safetensors` checkpoints. The commands run through charrnn.cli.main in this process.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, charrnn
+from conftest import ROOT, TINY, run_in_process
 
 from charrnn.checkpoint import convert, load_checkpoint
 from charrnn.errors import CharrnnError
@@ -25,13 +25,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bits_per_char(checkpoint: Path) -> float:
-    done = charrnn("eval", str(checkpoint), str(FIXTURE / "held.txt"), "--json", "--no-baselines", "--device", "cpu")
+    done = run_in_process(
+        "eval", str(checkpoint), str(FIXTURE / "held.txt"), "--json", "--no-baselines", "--device", "cpu"
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)[str(FIXTURE / "held.txt")]["bits_per_char"]
 
 
 def _sample(checkpoint: Path, sampler: str) -> str:
-    done = charrnn("sample", str(checkpoint), *EXPECTED["sample_args"], env={"CHARRNN_SAMPLER": sampler})
+    done = run_in_process("sample", str(checkpoint), *EXPECTED["sample_args"], env={"CHARRNN_SAMPLER": sampler})
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -84,7 +86,7 @@ def test_convert_never_overwrites(converted: Path) -> None:
     with pytest.raises(CharrnnError, match="already exists"):
         convert(converted / "last.pt", converted / "best.safetensors")
     assert (converted / "best.safetensors").read_bytes() == before
-    done = charrnn("convert", str(converted / "last.pt"), str(converted / "best.safetensors"))
+    done = run_in_process("convert", str(converted / "last.pt"), str(converted / "best.safetensors"))
     assert done.returncode == 1 and done.stderr.startswith("charrnn: error: ") and done.stderr.count("\n") == 1
 
 
@@ -117,13 +119,13 @@ def test_a_format1_run_resumes_and_then_writes_format2(tmp_path: Path) -> None:
     torch.save(payload, run / "last.pt")
     old_best = (run / "best.pt").read_bytes()
 
-    done = charrnn("train", "--resume", str(run), "--max-steps", "60", "--quiet")
+    done = run_in_process("train", "--resume", str(run), "--max-steps", "60", "--quiet")
     assert done.returncode == 0, done.stderr
     resumed = load_checkpoint(run / "last.safetensors")
     assert resumed["format_version"] == 2 and resumed["train_state"]["progress"]["step"] == 60
     assert resumed["train_config"]["seed"] == payload["train_config"]["seed"]
     assert (run / "best.pt").read_bytes() == old_best  # the old files stay as they were
-    again = charrnn("train", "--resume", str(run), "--max-steps", "70", "--quiet")  # now from last.safetensors
+    again = run_in_process("train", "--resume", str(run), "--max-steps", "70", "--quiet")  # now from last.safetensors
     assert again.returncode == 0, again.stderr
     assert load_checkpoint(run / "last.safetensors")["metrics"]["step"] == 70
 
@@ -132,13 +134,13 @@ def test_a_format1_run_is_not_trained_over(tmp_path: Path) -> None:
     """A new `train` into a 0.1 run directory refuses, as it does for a run of this version."""
     run = tmp_path / "old"
     shutil.copytree(FIXTURE, run)
-    done = charrnn("train", str(run / "corpus.txt"), "--run", str(run), *TINY)
+    done = run_in_process("train", str(run / "corpus.txt"), "--run", str(run), *TINY)
     assert done.returncode == 1 and "already exists: pass --resume" in done.stderr
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in FIXTURE.iterdir())
 
 
 def test_a_fresh_run_holds_only_safetensors_checkpoints(tmp_path: Path, corpus_file: Path) -> None:
-    done = charrnn("train", str(corpus_file), "--run", str(tmp_path / "run"), "--max-steps", "10", *TINY)
+    done = run_in_process("train", str(corpus_file), "--run", str(tmp_path / "run"), "--max-steps", "10", *TINY)
     assert done.returncode == 0, done.stderr
     checkpoints = sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix in (".pt", ".safetensors"))
     assert checkpoints == ["best.safetensors", "last.safetensors"]
