@@ -2,8 +2,9 @@
 or infinite is skipped with a warning and training goes on; NONFINITE_LIMIT such updates in a row
 stop training with a clear error, and the checkpoints saved before stay intact and finite.
 
-The test hook CHARRNN_TEST_NAN_STEPS (tests/hooks.py) poisons the loss of chosen updates,
-counting every update tried, skipped ones included.
+The test hook poison_updates (tests/hooks.py, what CHARRNN_TEST_NAN_STEPS asks for in a
+subprocess) poisons the loss of chosen updates, counting every update tried, skipped ones
+included; the `charrnn` commands run through charrnn.cli.main in this process.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TINY, charrnn
+from conftest import TINY, run_in_process
 from hooks import poison_updates
 
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
@@ -50,10 +51,6 @@ def _assert_sound(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _poison(*updates: int) -> dict[str, str]:
-    return {"CHARRNN_TEST_NAN_STEPS": ",".join(map(str, updates))}
-
-
 def test_a_few_nonfinite_updates_are_skipped_with_a_warning(
     tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -71,10 +68,11 @@ def test_a_few_nonfinite_updates_are_skipped_with_a_warning(
         _assert_sound(tmp_path / "run" / name)
 
 
-def test_the_warning_reaches_the_user(tmp_path: Path, corpus_file: Path) -> None:
+def test_the_warning_reaches_the_user(tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"
     args = [a for a in TINY if a != "--quiet"]
-    done = charrnn("train", str(corpus_file), "--run", str(run), *args, "--max-steps", "8", env=_poison(3))
+    poison_updates({3}, monkeypatch.setattr)
+    done = run_in_process("train", str(corpus_file), "--run", str(run), *args, "--max-steps", "8")
     assert done.returncode == 0, done.stderr
     assert "step 3: non-finite loss or gradient, update skipped" in done.stdout
     assert done.stderr == ""
@@ -82,14 +80,16 @@ def test_the_warning_reaches_the_user(tmp_path: Path, corpus_file: Path) -> None
 
 
 def test_nonfinite_from_some_point_on_stops_training_and_keeps_the_checkpoints(
-    tmp_path: Path, corpus_file: Path
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "run"
     train(find_corpus([str(corpus_file)]), MODEL, TrainConfig(**{**asdict(CONFIG), "max_steps": 10}), run)
     before = {name: (run / name).read_bytes() for name in ("last.safetensors", "best.safetensors")}
 
     # Continue it: updates 11 and 12 go through, then every one from the 13th is poisoned.
-    poisoned = charrnn("train", "--resume", str(run), "--max-steps", "60", "--quiet", env=_poison(*range(13, 100)))
+    with monkeypatch.context() as poisoning:
+        poison_updates(set(range(13, 100)), poisoning.setattr)
+        poisoned = run_in_process("train", "--resume", str(run), "--max-steps", "60", "--quiet")
 
     assert poisoned.returncode == 1
     assert poisoned.stderr == (
@@ -103,9 +103,12 @@ def test_nonfinite_from_some_point_on_stops_training_and_keeps_the_checkpoints(
     assert resume(run, budget={"max_steps": 12}).steps == 12
 
 
-def test_nonfinite_from_the_start_fails_and_leaves_no_run(tmp_path: Path, corpus_file: Path) -> None:
+def test_nonfinite_from_the_start_fails_and_leaves_no_run(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
-    done = charrnn("train", str(corpus_file), "--run", str(run), *TINY, "--max-steps", "10", env=_poison(*range(1, 20)))
+    poison_updates(set(range(1, 20)), monkeypatch.setattr)
+    done = run_in_process("train", str(corpus_file), "--run", str(run), *TINY, "--max-steps", "10")
     assert done.returncode == 1
     assert done.stderr.startswith("charrnn: error: training diverged") and done.stderr.endswith("nothing saved\n")
     assert not run.exists()
