@@ -30,7 +30,8 @@ from charrnn.errors import CharrnnError
 from charrnn.evaluate import evaluate_run
 from charrnn.runs import train
 from charrnn.training import Report
-from charrnn.training import evaluate as real_evaluate
+from charrnn.training_evaluation import Evaluator
+from charrnn.training_evaluation import evaluate as real_evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,6 +39,7 @@ SMALL: dict[str, Any] = dict(
     hidden=32, embed=16, layers=1, batch_size=4, seq_len=16, eval_interval=10, log_interval=5, device="cpu"
 )
 TRAIN = sys.modules["charrnn.training"]
+EVALUATION = sys.modules["charrnn.training_evaluation"]  # where the trainer runs its passes
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
@@ -65,7 +67,7 @@ def _slow_exact_passes(monkeypatch: pytest.MonkeyPatch, seconds_per_token: float
             time.sleep(seconds_per_token * (split.num_tokens - 1))
         return real_evaluate(model, split, *args, **kwargs)
 
-    monkeypatch.setattr(TRAIN, "evaluate", slow)
+    monkeypatch.setattr(EVALUATION, "evaluate", slow)
 
 
 @pytest.fixture
@@ -224,13 +226,13 @@ def test_the_final_validation_is_the_figure_charrnn_eval_gives(
 def test_a_stop_by_patience_ends_with_the_exact_evaluation(
     tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_validate = TRAIN.Trainer.validate
+    real_validate = Evaluator.validate
 
     def worsening(self: Any, *, exact: bool = False) -> float | None:
         """Interval estimates that only get worse, so that patience stops the run at step 20."""
-        return real_validate(self, exact=True) if exact else 10.0 + self.p.step
+        return real_validate(self, exact=True) if exact else 10.0 + self.progress.step
 
-    monkeypatch.setattr(TRAIN.Trainer, "validate", worsening)
+    monkeypatch.setattr(Evaluator, "validate", worsening)
     run = train(corpus_file, run=tmp_path / "run", **SMALL, max_steps=100, patience=1, eval_tokens=500)
     final = run.history[-1]
     assert final["step"] == 20 and final["stop"] == "no improvement in 1 evaluations"

@@ -18,7 +18,8 @@ from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError, Interrupted
 from charrnn.evaluate import evaluate_run
-from charrnn.training import Report, lr_factor, resume, train
+from charrnn.training import Report, resume, train
+from charrnn.training_budget import lr_factor
 
 SMALL_MODEL = dict(num_layers=1, hidden_size=64, embed_size=32, dropout_hidden=0.0, dropout_output=0.0)
 

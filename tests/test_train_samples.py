@@ -21,7 +21,7 @@ import charrnn as charrnn_api
 from charrnn.evaluate import evaluate_run
 from charrnn.runs import train
 from charrnn.train_samples import LINES_EXAMPLES
-from charrnn.training import evaluate as real_evaluate
+from charrnn.training_evaluation import evaluate as real_evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,7 +112,7 @@ def test_validation_uses_the_batch_while_training_and_one_stream_at_the_end(
         streams.append(kwargs["streams"])
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(sys.modules["charrnn.training"], "evaluate", spy)
+    monkeypatch.setattr(sys.modules["charrnn.training_evaluation"], "evaluate", spy)
     run = train(corpus_file, run=tmp_path / "run", **{**SMALL, "max_steps": 25})
     # Steps 10 and 20 in the batch's 4 streams; at step 25 the estimate that judges the best weights
     # by the same measure, then the final evaluation, exact.
