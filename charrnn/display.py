@@ -71,75 +71,83 @@ class _TrainProgress(Progress):
             yield self.sample
 
 
-def train_report(*, quiet: bool = False) -> Report:
-    """A Report that draws a progress bar (terminal) or prints plain lines (anything else)."""
-    state: dict[str, Any] = {"info": {}, "last_val": None, "printed": 0.0}
-    if quiet:
-        return Report()
-    live = sys.stdout.isatty()
-    progress = _TrainProgress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        TextColumn("step {task.fields[step]}"),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TextColumn("left {task.fields[left]}"),
-        console=console,
-        transient=False,
-    )
+class _TrainDisplay:
+    """What a training run shows: a progress bar with the latest sample under it on a terminal,
+    plain lines (at most one every few seconds, and every evaluation) anywhere else."""
 
-    def on_start(info: dict[str, Any]) -> None:
-        state["info"] = info
+    def __init__(self) -> None:
+        self.info: dict[str, Any] = {}
+        self.last_val: float | None = None  # nats per character, the latest evaluation's
+        self.printed = 0.0
+        self.live = sys.stdout.isatty()
+        self.progress = _TrainProgress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            TextColumn("step {task.fields[step]}"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("left {task.fields[left]}"),
+            console=console,
+            transient=False,
+        )
+        self.task: Any = None
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self.info = info
         console.print(
             f"training {info['params']:,} parameters on {info['device']}, "
             f"{info['steps_per_epoch']:,} steps per epoch"
             + (f", from step {info['start_step']:,}" if info["start_step"] else "")
         )
-        if live:
-            progress.start()
-            state["task"] = progress.add_task("train", total=1.0, step=info["start_step"], status="", left="?")
+        if self.live:
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=1.0, step=info["start_step"], status="", left="?")
 
-    def on_log(record: dict[str, Any]) -> None:
+    def on_log(self, record: dict[str, Any]) -> None:
         if record.get("val_loss") is not None:
-            state["last_val"] = record["val_loss"]
-        fraction = _fraction(state["info"], record)
+            self.last_val = record["val_loss"]
+        fraction = _fraction(self.info, record)
         left = record["time"] * (1 - fraction) / fraction if fraction else None
-        status = _status(record, state["last_val"])
-        if live:
-            progress.update(
-                state["task"],
-                completed=fraction or 0.0,
-                step=f"{record['step']:,}",
-                status=status,
-                left=fmt_duration(left),
+        status = _status(record, self.last_val)
+        if self.live:
+            self.progress.update(
+                self.task, completed=fraction or 0.0, step=f"{record['step']:,}", status=status, left=fmt_duration(left)
             )
-        elif "val_loss" in record or time.monotonic() - state["printed"] > 5:
-            state["printed"] = time.monotonic()
-            total = state["info"].get("total_steps")
+        elif "val_loss" in record or time.monotonic() - self.printed > 5:
+            self.printed = time.monotonic()
+            total = self.info.get("total_steps")
             steps = f"{record['step']:,}" + (f"/{total:,}" if total else "")
             print(
                 f"step {steps} | {status} | {fmt_duration(record['time'])} elapsed, {fmt_duration(left)} left",
                 flush=True,
             )
 
-    def on_message(text: str) -> None:
+    def on_message(self, text: str) -> None:
         # Text, not markup: a message names paths and corpora, and "runs/[/x]" is no style tag.
-        (progress.console if live and progress.live.is_started else console).print(Text(text, style="dim"))
+        live = self.live and self.progress.live.is_started
+        (self.progress.console if live else console).print(Text(text, style="dim"))
 
-    def on_sample(sample: TrainSample) -> None:
+    def on_sample(self, sample: TrainSample) -> None:
         text = printable(sample.text)
-        if live:
-            progress.sample = Panel(Text(text), title=_sample_title(sample), title_align="left", border_style="dim")
-            progress.refresh()
+        if self.live:
+            panel = Panel(Text(text), title=_sample_title(sample), title_align="left", border_style="dim")
+            self.progress.sample = panel
+            self.progress.refresh()
         else:
             block = "\n".join(f"  | {line}" if line else "  |" for line in text.split("\n"))
             print(f"{_sample_title(sample)}:\n{block}", flush=True)
 
-    def on_end() -> None:
-        if live:
-            progress.stop()
+    def on_end(self) -> None:
+        if self.live:
+            self.progress.stop()
 
-    return Report(on_start, on_log, on_message, on_end, on_sample=on_sample)
+
+def train_report(*, quiet: bool = False) -> Report:
+    """A Report that draws a progress bar (terminal) or prints plain lines (anything else)."""
+    if quiet:
+        return Report()
+    shown = _TrainDisplay()
+    return Report(shown.on_start, shown.on_log, shown.on_message, shown.on_end, on_sample=shown.on_sample)
 
 
 def train_summary(result: TrainResult) -> Table:
