@@ -11,7 +11,9 @@ from pathlib import Path
 import charrnn
 
 PACKAGE = Path(__file__).resolve().parent.parent / "charrnn"
-MAX_FUNCTION_LINES = 80
+# The limits issue 20 set: a function reads in one screen, a class holds one job.
+MAX_FUNCTION_LINES = 60
+MAX_CLASS_LINES = 200
 # What shows a run without training or running a model: none of these may bring torch in.
 RENDERING = ["cli", "display", "runs_table", "termplot", "plot", "viz.term"]
 
@@ -70,7 +72,16 @@ def test_no_function_is_longer_than_a_screenful() -> None:
                 lines = node.end_lineno - node.lineno + 1
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
-    assert not long, "functions over 80 lines: " + ", ".join(long)
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: " + ", ".join(long)
+
+
+def test_no_class_is_longer_than_its_one_job_needs() -> None:
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES:
+                long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}")
+    assert not long, f"classes over {MAX_CLASS_LINES} lines: " + ", ".join(long)
 
 
 def _fresh(code: str) -> subprocess.CompletedProcess[str]:
