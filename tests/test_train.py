@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import signal
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,10 @@ from charrnn.config import TrainConfig
 from charrnn.data.corpus import find_corpus
 from charrnn.errors import CharrnnError, Interrupted
 from charrnn.evaluate import evaluate_run
+from charrnn.results import Listener
 from charrnn.training import Report, resume, train
 from charrnn.training_budget import lr_factor
+from charrnn.training_state import Progress
 
 SMALL_MODEL = dict(num_layers=1, hidden_size=64, embed_size=32, dropout_hidden=0.0, dropout_output=0.0)
 
@@ -111,6 +115,17 @@ def test_checkpoint_round_trip_and_cpu_loading(tmp_path: Path, corpus_file: Path
     last = load_checkpoint(tmp_path / "run" / "last.safetensors")
     assert {"optimizer", "progress", "hidden", "rng_cpu"} <= last["train_state"].keys()
     assert last["train_state"]["progress"]["step"] == 5
+    # The tokens trained on (Progress.tokens_seen) keep their saved name, chars_seen, for every format-2 reader.
+    saved = last["train_state"]
+    assert saved["progress"]["chars_seen"] == 5 * saved["batch_size"] * 32 and "tokens_seen" not in saved["progress"]
+
+
+def test_the_tokens_trained_on_are_read_under_either_name() -> None:
+    for name in ("chars_seen", "tokens_seen"):
+        progress = Progress()
+        progress.restore({"step": 3, name: 96})
+        assert (progress.step, progress.tokens_seen) == (3, 96)
+    assert Progress(tokens_seen=96).saved()["chars_seen"] == 96
 
 
 def test_failed_save_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,3 +185,43 @@ def test_a_time_budget_can_count_from_before_setup(tmp_path: Path, corpus_file: 
     assert timed.history[0]["time"] >= setup_done[0] - started  # the first step's clock includes the setup
     # The budget ends the run, its final evaluation inside it (tests/test_budgets.py times that part).
     assert timed.stop_reason == "time budget reached" and timed.last_val is not None
+
+
+def test_subscribers_hear_the_start_every_record_each_evaluation_and_the_end(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heard: list[tuple[str, Any]] = []
+
+    class Ear(Listener):
+        def on_start(self, info: dict[str, Any]) -> None:
+            heard.append(("start", info["start_step"]))
+
+        def on_record(self, record: dict[str, Any]) -> None:
+            heard.append(("record", record["step"]))
+
+        def on_evaluated(self, record: dict[str, Any]) -> None:
+            heard.append(("evaluated", record["step"]))
+
+        def on_end(self, stop_reason: str) -> None:
+            heard.append(("end", stop_reason))
+
+    training = sys.modules["charrnn.training"]
+    wire = training._subscribe
+    monkeypatch.setattr(training, "_subscribe", lambda trainer: (wire(trainer), trainer.listeners.append(Ear()))[0])
+    train(find_corpus([str(corpus_file)]), SMALL_MODEL, _cfg(max_steps=25), tmp_path / "run")
+    assert heard == [
+        ("start", 0),
+        ("record", 10),
+        ("record", 20),
+        ("evaluated", 20),
+        ("record", 25),
+        ("evaluated", 25),
+        ("end", "step budget reached"),
+    ]
+
+
+def test_the_loop_imports_none_of_its_subscribers() -> None:
+    """curves.png, the samples and the display subscribe to the Trainer's events: it knows none of them."""
+    source = (Path(__file__).resolve().parent.parent / "charrnn" / "training_loop.py").read_text()
+    imported = {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"charrnn.plot", "charrnn.train_samples", "charrnn.display"}
