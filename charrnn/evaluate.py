@@ -16,12 +16,13 @@ import bz2
 import gzip
 import lzma
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from charrnn.errors import CharrnnError
+from charrnn.text_pass import WINDOW, refuse_non_finite
 
 if TYPE_CHECKING:  # torch is imported by the functions that compute: EvalResult alone needs none of it
     import torch
@@ -74,7 +75,7 @@ def evaluate(
     tokenizer: Tokenizer,
     *,
     streams: int = 1,
-    window: int = 1024,
+    window: int = WINDOW,
     autocast: bool = False,
     ranks: Ranks | None = None,
 ) -> EvalResult:
@@ -118,52 +119,17 @@ def evaluate(
     return EvalResult(float(total), n - 1, chars, unknown, "bf16" if autocast else "fp32")
 
 
-def windows(
-    model: RNNLanguageModel, tokens: torch.Tensor, starts: torch.Tensor, length: int, window: int, autocast: bool
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The model's predictions for `length` targets after each start, streams side by side, the state
-    carried from window to window: per window, float32 logits (width, S, V) and the targets (width, S)."""
-    import torch
-
-    device = model.embed.weight.device
-    offsets = torch.arange(window + 1)
-    state = None
-    for begin in range(0, length, window):
-        width = min(window, length - begin)
-        idx = starts[:, None] + begin + offsets[: width + 1]  # (S, width+1)
-        chunk = tokens[idx].to(device).long().t()  # (width+1, S)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits, _, state = model(chunk[:-1], state)
-        yield logits.float(), chunk[1:]
-
-
-def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood (nats, float32) of every target: logits (T, S, V), targets (T, S) -> (T*S,)."""
-    import torch.nn.functional as F
-
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-
-
-def refuse_non_finite(bits: Any) -> None:
-    """Refuse a pass whose figures (a number or an array) are not finite: a model whose weights are
-    finite but whose scores overflow float32 has no figure to report (eval, score and viz say so)."""
-    import numpy as np
-
-    if not np.isfinite(bits).all():
-        raise CharrnnError(
-            "the model's scores are not finite (its weights overflow float32 arithmetic): the checkpoint is unusable"
-        )
-
-
 def _summed_nll(
     model: RNNLanguageModel, tokens: torch.Tensor, starts: torch.Tensor, length: int, window: int, autocast: bool
 ) -> torch.Tensor:
-    """Total NLL (float64) of `length` targets after each start; each target's term as `token_nll` gives it."""
+    """Total NLL (float64) of `length` targets after each start, in one pass (`charrnn.text_pass`)."""
     import torch
 
+    from charrnn.text_pass import windows
+
     total = torch.zeros((), dtype=torch.float64, device=model.embed.weight.device)
-    for logits, targets in windows(model, tokens, starts, length, window, autocast):
-        total += token_nll(logits, targets).double().sum()
+    for part in windows(model, tokens, starts, length, autocast=autocast, window=window):
+        total += part.nll().double().sum()
     return total
 
 

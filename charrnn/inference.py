@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from charrnn.data.dataset import Split
     from charrnn.data.lines import LineSets
     from charrnn.evaluate import EvalResult
     from charrnn.model import RNNLanguageModel
@@ -95,6 +96,7 @@ class Model:
         self.config = config
         self.tokenizer = tokenizer
         self._weights = weights
+        self._payload = payload  # read once: the validation text is rebuilt from it (`validation`)
         self._described = {key: payload[key] for key in ("model_config", "tokenizer")}
         train_config = payload.get("train_config")
         self.lines = isinstance(train_config, dict) and train_config.get("lines") is True
@@ -112,8 +114,6 @@ class Model:
         cfg, kind = self.config, self.tokenizer.kind
         shape = f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, {kind} tokenizer of {cfg.vocab_size} ids"
         return f"Model({str(self.path)!r}: {shape}, device={self.device!r})"
-
-    # --- generating --------------------------------------------------------------------------
 
     def generate(
         self,
@@ -246,7 +246,11 @@ class Model:
         module, autocast = self.torch_module(), self.uses_bf16()
         return score_text(module, self.tokenizer, text, top_k=top_k, activations=activations, autocast=autocast)
 
-    # --- the torch side, built once when first needed ------------------------------------------
+    def validation(self, purpose: str) -> tuple[Iterator[str], Split]:
+        """The run's validation text and its token ids (`validation_of_checkpoint`), from the payload read once."""
+        from charrnn.data.dataset import validation_of_checkpoint
+
+        return validation_of_checkpoint(self._payload, purpose=purpose)
 
     def _torch_device(self) -> torch.device:
         if self._resolved is None:

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from charrnn.errors import CharrnnError
+from charrnn.score import char_bits
+from charrnn.text_pass import WINDOW
 
 if TYPE_CHECKING:
     from charrnn.data.tokenizers import Tokenizer
@@ -38,9 +40,7 @@ if TYPE_CHECKING:
     from charrnn.model import RNNLanguageModel, State
 
 PIECE_CHARS = 1 << 18  # characters scored at a time: bounds the memory of a pass
-WINDOW = 1024  # tokens per forward call, as in evaluate
 LOGIT_BUDGET = 1 << 24  # float32 logits of one forward call of side-by-side lines (64 MiB)
-LN2 = math.log(2)
 
 # Per piece of text: the piece, its characters' bits (NaN where nothing predicts one) and unknown flags.
 Bits = tuple[str, np.ndarray, np.ndarray]
@@ -227,7 +227,7 @@ def score_file(
 
     if text_file is None:
         model = load(run, device=device)
-        chunks, name = _validation_chunks(model), "the run's validation text"
+        chunks, name = model.validation("score")[0], "the run's validation text"
     else:
         if text_file != "-" and Path(text_file).expanduser().is_dir():
             raise CharrnnError(f"{text_file} is a directory: give one text file (or - for standard input)")
@@ -236,13 +236,6 @@ def score_file(
         chunks, name = corpus.chunks(), "standard input" if text_file == "-" else text_file
     records = iter_line_scores(model, chunks, independent=independent, keep_text=not whole, name=name)
     return FileScores(records, name=name, whole=whole, independent=independent, sort=sort, top=top)
-
-
-def _validation_chunks(model: Model) -> Iterator[str]:
-    """The run's validation text, rebuilt from its files (`charrnn.data.dataset.validation_text`)."""
-    from charrnn.data.dataset import validation_of_checkpoint
-
-    return validation_of_checkpoint(model.path, purpose="score")[0]
 
 
 # --- per-character bits, in pieces --------------------------------------------------------------
@@ -258,7 +251,8 @@ def _stateful_bits(model: Model, chunks: Iterable[str]) -> Iterator[Bits]:
         ids = tokenizer.encode(piece).numpy()
         opening = carry is None
         token_bits, carry = _token_bits(net, ids, carry, autocast)
-        yield (piece, *_char_bits(tokenizer, ids, piece, token_bits, opening=opening))
+        chars = char_bits(tokenizer, ids, piece, token_bits, opening=opening)
+        yield piece, chars.bits, chars.unknown
 
 
 def _token_bits(
@@ -269,39 +263,18 @@ def _token_bits(
     NaN); and the carry after `ids`."""
     import torch
 
-    from charrnn.evaluate import refuse_non_finite, token_nll
+    from charrnn.text_pass import refuse_non_finite, windows
 
-    device = net.embed.weight.device
     previous, state = carry if carry is not None else (None, None)
     inputs = ids if previous is None else np.concatenate([[previous], ids])
-    tokens = torch.from_numpy(inputs.astype(np.int64))[:, None]  # (T, 1): one stream
+    tokens = torch.from_numpy(inputs.astype(np.int64))
     parts = [np.array([math.nan])] if previous is None else []
-    with torch.no_grad():
-        for begin in range(0, len(tokens) - 1, WINDOW):
-            chunk = tokens[begin : begin + WINDOW + 1].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits, _, state = net(chunk[:-1], state)
-            parts.append(token_nll(logits.float(), chunk[1:]).double().cpu().numpy() / LN2)
+    for part in windows(net, tokens, torch.tensor([0]), len(tokens) - 1, state=state, autocast=autocast):
+        parts.append(part.bits()[:, 0])
+        state = part.state
     every = np.concatenate(parts)
     refuse_non_finite(every[1:] if previous is None else every)
     return every, (int(ids[-1]), state)
-
-
-def _char_bits(
-    tokenizer: Tokenizer, ids: np.ndarray, text: str, token_bits: np.ndarray, *, opening: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Token bits shared out among the characters of `text` as `Model.score` shares them, and
-    which characters are unknown. At the opening of the text, the characters the first token
-    completes by itself get NaN."""
-    from charrnn.score import char_alignment, spread_bits
-
-    token_first, token_count, char_first, char_last = char_alignment(tokenizer, ids, text)
-    bits = spread_bits(token_bits, token_first, token_count, len(text))
-    if opening:
-        bits[char_last == 0] = math.nan
-    if tokenizer.unk_id is None:
-        return bits, np.zeros(len(text), dtype=bool)
-    return bits, ids[char_first] == tokenizer.unk_id
 
 
 def _pieces(chunks: Iterable[str], size: int, *, anywhere: bool) -> Iterator[str]:
@@ -359,30 +332,24 @@ def _independent_bits(model: Model, lines: Iterable[str]) -> Iterator[Bits]:
 def _side_by_side(
     net: RNNLanguageModel, tokenizer: Tokenizer, prefix: np.ndarray, batch: list[tuple[str, np.ndarray]], autocast: bool
 ) -> Iterator[Bits]:
-    """Score the lines of `batch` (each with its ids) as streams of one forward pass, each after
-    `prefix` from a zero state; padding after a line's end changes nothing before it."""
+    """Score the lines of `batch` (each with its ids) as streams of one pass, each after `prefix`
+    from a zero state; padding after a line's end changes nothing before it."""
     import torch
 
-    from charrnn.evaluate import refuse_non_finite, token_nll
+    from charrnn.text_pass import refuse_non_finite, windows
 
-    device = net.embed.weight.device
     length = len(prefix) + max(len(ids) for _, ids in batch)
-    grid = np.zeros((length, len(batch)), dtype=np.int64)  # (T, B): one line per column
-    for column, (_, ids) in enumerate(batch):
-        grid[: len(prefix) + len(ids), column] = np.concatenate([prefix, ids])
-    tokens, state, parts = torch.from_numpy(grid), None, []
-    with torch.no_grad():
-        for begin in range(0, length - 1, WINDOW):
-            chunk = tokens[begin : begin + WINDOW + 1].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits, _, state = net(chunk[:-1], state)
-            nll = token_nll(logits.float(), chunk[1:]).view(len(chunk) - 1, len(batch))
-            parts.append(nll.double().cpu().numpy() / LN2)
-    bits = np.concatenate(parts)  # (T - 1, B): the bits of token t + 1 of each column
+    grid = np.zeros((len(batch), length), dtype=np.int64)  # one line per row
+    for row, (_, ids) in enumerate(batch):
+        grid[row, : len(prefix) + len(ids)] = np.concatenate([prefix, ids])
+    starts = torch.arange(len(batch)) * length
+    parts = windows(net, torch.from_numpy(grid.reshape(-1)), starts, length - 1, autocast=autocast)
+    bits = np.concatenate([part.bits() for part in parts])  # (T - 1, B): the bits of token t + 1 of each line
     for column, (line, ids) in enumerate(batch):
         token_bits = bits[len(prefix) - 1 : len(prefix) - 1 + len(ids), column]
         refuse_non_finite(token_bits[1:] if len(prefix) == 0 else token_bits)
-        yield (line, *_char_bits(tokenizer, ids, line, token_bits, opening=False))
+        chars = char_bits(tokenizer, ids, line, token_bits, opening=False)
+        yield line, chars.bits, chars.unknown
 
 
 # --- from character bits to line records ---------------------------------------------------------

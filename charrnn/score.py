@@ -1,7 +1,7 @@
 """Per-character scores of a text: what the model paid for each character, what it expected there.
 
-One stateful pass over the text, in the windows `evaluate` uses, gives the log-probability of
-every token. Tokens and characters do not line up for every tokenizer, so each token's bits
+One stateful pass over the text (`charrnn.text_pass`, the pass `evaluate` makes) gives the
+log-probability of every token. Tokens and characters do not line up for every tokenizer, so each token's bits
 are shared out among the characters it touches:
 
 - a token of several characters (a bpe or unigram piece) splits its bits evenly among them;
@@ -20,15 +20,13 @@ next one). Nothing here imports torch until `score_text` runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
-    import torch
-
     from charrnn.data.tokenizers import Tokenizer
     from charrnn.model import RNNLanguageModel
 
@@ -45,6 +43,8 @@ class Score:
     unknown: (chars,) bool, True where the character is not in the model's vocabulary (<unk>).
     hidden, cell: with activations=True, (chars, layers, hidden) float32 arrays of every layer's
         hidden state (and an LSTM's cell state) after the character; otherwise None.
+    first_token: (chars,) int64, the id of the first token each character touches: the one its
+        `top` predictions are about (its rank among them is what the explain page shows).
     """
 
     text: str
@@ -53,6 +53,7 @@ class Score:
     unknown: np.ndarray
     hidden: np.ndarray | None = None
     cell: np.ndarray | None = None
+    first_token: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.text)
@@ -129,6 +130,31 @@ def spread_bits(token_bits: np.ndarray, token_first: np.ndarray, token_count: np
     return summed.astype(np.float64)  # (bincount of nothing is an int array)
 
 
+@dataclass(frozen=True)
+class CharBits:
+    """A text's token bits shared out among its characters: bits (chars,) float64 (NaN where
+    nothing predicts the character), unknown (chars,) bool, and per character its first and last token."""
+
+    bits: np.ndarray
+    unknown: np.ndarray
+    char_first: np.ndarray
+    char_last: np.ndarray
+
+
+def char_bits(tokenizer: Tokenizer, ids: np.ndarray, text: str, token_bits: np.ndarray, *, opening: bool) -> CharBits:
+    """The one step from token bits to character bits (`Model.score`, `charrnn score`, viz). At the
+    opening of a text (`opening`), the characters the first token completes by itself get NaN."""
+    token_first, token_count, char_first, char_last = char_alignment(tokenizer, ids, text)
+    bits = spread_bits(token_bits, token_first, token_count, len(text))
+    if opening:
+        bits[char_last == 0] = math.nan
+    if tokenizer.unk_id is None:
+        unknown = np.zeros(len(text), dtype=bool)
+    else:
+        unknown = ids[char_first] == tokenizer.unk_id
+    return CharBits(bits, unknown, char_first, char_last)
+
+
 def score_text(
     model: RNNLanguageModel,
     tokenizer: Tokenizer,
@@ -136,44 +162,37 @@ def score_text(
     *,
     top_k: int = 5,
     activations: bool = False,
-    window: int = 1024,
     autocast: bool = False,
 ) -> Score:
     """Score every character of `text` (non-empty) in one stateful pass; see the module docstring."""
-    ids = tokenizer.encode(text).numpy()
-    token_bits, top_ids, top_probs, states = _token_scores(model, ids, top_k, activations, window, autocast)
-    from charrnn.evaluate import refuse_non_finite
+    from charrnn.text_pass import refuse_non_finite
 
+    ids = tokenizer.encode(text).numpy()
+    token_bits, top_ids, top_probs, states = _token_scores(model, ids, top_k, activations, autocast)
     refuse_non_finite(token_bits[1:])
-    token_first, token_count, char_first, char_last = char_alignment(tokenizer, ids, text)
-    bits = spread_bits(token_bits, token_first, token_count, len(text))
-    scored = char_last > 0  # the characters the first token completes by itself have no number
-    bits[~scored] = math.nan
+    chars = char_bits(tokenizer, ids, text, token_bits, opening=True)
     labels = token_labels(tokenizer)
     per_token: list[Predictions] = [[]]  # token 0: predicted by nothing
     per_token += [[(labels[i], p) for i, p in zip(row, probs)] for row, probs in zip(top_ids, top_probs)]
-    from_token = np.where(scored, np.maximum(char_first, 1), 0)  # each character's first predicted token
+    scored = ~np.isnan(chars.bits)
+    from_token = np.where(scored, np.maximum(chars.char_first, 1), 0)  # each character's first predicted token
     top = [per_token[j] for j in from_token.tolist()]
-    if tokenizer.unk_id is not None:
-        unknown = ids[char_first] == tokenizer.unk_id
-    else:
-        unknown = np.zeros(len(text), dtype=bool)
     hidden = cell = None
     if states is not None:
-        hidden = states[0][char_last]
-        cell = states[1][char_last] if states[1] is not None else None
-    return Score(text, bits, top, unknown, hidden, cell)
+        hidden = states[0][chars.char_last]
+        cell = states[1][chars.char_last] if states[1] is not None else None
+    return Score(text, chars.bits, top, chars.unknown, hidden, cell, ids[chars.char_first])
 
 
 def _token_scores(
-    model: RNNLanguageModel, ids: np.ndarray, top_k: int, activations: bool, window: int, autocast: bool
+    model: RNNLanguageModel, ids: np.ndarray, top_k: int, activations: bool, autocast: bool
 ) -> tuple[np.ndarray, list[list[int]], list[list[float]], tuple[np.ndarray, np.ndarray | None] | None]:
     """Per token: its bits (NaN for the first) and the top-k ids and probabilities of the
     distribution that predicted it (from token 1 on); with `activations`, every layer's state
     after each token, (tokens, layers, hidden) for h and for an LSTM's c."""
     import torch
 
-    from charrnn.evaluate import token_nll, windows
+    from charrnn.text_pass import windows
 
     tokens = torch.from_numpy(ids.astype(np.int64))
     targets_wanted = len(ids) - 1
@@ -181,71 +200,25 @@ def _token_scores(
         # One more input step (with a stand-in target) gives the state after the last token too.
         tokens, targets_wanted = torch.cat([tokens, tokens[:1]]), len(ids)
     k = min(top_k, model.cfg.vocab_size)
-    bits, top_ids, top_probs = [np.array([math.nan])], [], []
+    bits, top_ids, top_probs, hidden, cell = [np.array([math.nan])], [], [], [], []
     was_training = model.training
     model.eval()
-    recorder = _StateRecorder(model) if activations else None
     try:
-        for logits, targets in windows(model, tokens, torch.tensor([0]), targets_wanted, window, autocast):
-            bits.append(token_nll(logits, targets).double().cpu().numpy() / math.log(2))
-            probs, chosen = torch.softmax(logits[:, 0], dim=-1).topk(k, dim=-1)  # (width, k)
+        for part in windows(
+            model, tokens, torch.tensor([0]), targets_wanted, autocast=autocast, activations=activations
+        ):
+            bits.append(part.bits()[:, 0])
+            probs, chosen = torch.softmax(part.logits[:, 0], dim=-1).topk(k, dim=-1)  # (width, k)
             top_ids += chosen.tolist()
             top_probs += probs.tolist()
+            if part.hidden is not None:
+                hidden.append(part.hidden[:, 0].cpu().numpy())
+            if part.cell is not None:
+                cell.append(part.cell[:, 0].cpu().numpy())
     finally:
         model.train(was_training)
-        if recorder is not None:
-            recorder.remove()
+    states = None
+    if activations:
+        states = np.concatenate(hidden), np.concatenate(cell) if cell else None
     every = np.concatenate(bits)[: len(ids)]
-    states = recorder.states() if recorder is not None else None
     return every, top_ids[: len(ids) - 1], top_probs[: len(ids) - 1], states
-
-
-class _StateRecorder:
-    """Every layer's state after every input token, collected by forward hooks on the model's
-    recurrent layers while it scores. An LSTM layer hands out its hidden state at every step but
-    its cell state only after the last, so the cell states are recomputed from its gates."""
-
-    def __init__(self, model: RNNLanguageModel) -> None:
-        self.lstm = model.cfg.cell == "lstm"
-        self.hidden: list[list[np.ndarray]] = [[] for _ in model.rnns]  # per layer, per window: (T, H)
-        self.cell: list[list[np.ndarray]] = [[] for _ in model.rnns]
-        self.handles = [rnn.register_forward_hook(self._hook(i)) for i, rnn in enumerate(model.rnns)]
-
-    def _hook(self, layer: int) -> Callable[[torch.nn.Module, tuple, tuple], None]:
-        def record(module: torch.nn.Module, inputs: tuple, output: tuple) -> None:
-            out = output[0][:, 0].float()  # (T, H): the one stream's hidden state after each step
-            self.hidden[layer].append(out.cpu().numpy())
-            if self.lstm:
-                self.cell[layer].append(_lstm_cells(module, inputs[0][:, 0].float(), inputs[1], out))
-
-        return record
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def states(self) -> tuple[np.ndarray, np.ndarray | None]:
-        hidden = np.stack([np.concatenate(parts) for parts in self.hidden], axis=1)
-        cell = np.stack([np.concatenate(parts) for parts in self.cell], axis=1) if self.lstm else None
-        return hidden, cell
-
-
-def _lstm_cells(module: torch.nn.Module, x: torch.Tensor, state: tuple | None, out: torch.Tensor) -> np.ndarray:
-    """An nn.LSTM layer's cell state after every step, (T, H), from its inputs x (T, in), its
-    starting (h, c) (None: zeros) and its hidden outputs (T, H): c_t = f_t * c_(t-1) + i_t * g_t."""
-    import torch
-
-    H = out.shape[1]
-    h0 = state[0][0, 0].float() if state is not None else out.new_zeros(H)
-    c = state[1][0, 0].float().cpu().numpy() if state is not None else np.zeros(H, np.float32)
-    h_before = torch.cat([h0[None], out[:-1]])  # (T, H): the hidden state each step starts from
-    gates = torch.addmm(module.bias_ih_l0.float(), x, module.weight_ih_l0.float().t())
-    gates += torch.addmm(module.bias_hh_l0.float(), h_before, module.weight_hh_l0.float().t())
-    i, f, g, _ = gates.chunk(4, dim=1)  # nn.LSTM's gate order: input, forget, cell, output
-    forget = f.sigmoid().cpu().numpy()
-    write = (i.sigmoid() * g.tanh()).cpu().numpy()
-    cells = np.empty_like(write)
-    for t in range(len(write)):
-        c = forget[t] * c + write[t]
-        cells[t] = c
-    return cells

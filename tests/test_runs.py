@@ -57,11 +57,10 @@ def test_a_run_directory_opens_as_a_run(trained: Run, tmp_path: Path) -> None:
 
 
 def test_the_run_directory_rebuilds_its_validation_text(trained: Run) -> None:
-    from charrnn.data.dataset import validation_of_checkpoint
     from charrnn.rundir import RunDir
 
     text = "".join(RunDir(trained.path).validation_text())
-    assert text and text == "".join(validation_of_checkpoint(trained.path, purpose="score")[0])
+    assert text and text == "".join(charrnn.load(trained.path).validation("score")[0])
 
 
 def test_history_leaves_out_a_torn_last_line_and_refuses_a_bad_one_before_it(tmp_path: Path) -> None:

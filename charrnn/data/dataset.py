@@ -562,13 +562,12 @@ def validation_text(payload: dict[str, Any], dataset: Dataset, *, split: str = "
     yield from (text for region, text in _regions(corpus, bounds) if region == wanted)
 
 
-def validation_of_checkpoint(path: Path, *, purpose: str) -> tuple[Iterator[str], Split]:
-    """The validation text of the run that wrote the checkpoint at `path` (`validation_text`), and
+def validation_of_checkpoint(payload: dict[str, Any], *, purpose: str) -> tuple[Iterator[str], Split]:
+    """The validation text of the run that wrote the checkpoint `payload` (`validation_text`), and
     the split of token ids `charrnn eval` scores; `purpose` ("score", "explain") ends the refusal
     of a run whose text cannot be rebuilt."""
-    from charrnn.checkpoint import load_checkpoint, train_config_of
+    from charrnn.checkpoint import train_config_of
 
-    payload = load_checkpoint(path, arrays=True)
     try:
         dataset = dataset_of_run(payload, train_config_of(payload))
     except CharrnnError as exc:

@@ -68,9 +68,7 @@ def file_text(source: str, encoding: str) -> str:
 def run_validation_text(model: Model) -> tuple[str, Split]:
     """The validation text the run was trained beside, as `charrnn eval` and `score` read it
     (`charrnn.data.dataset.validation_text`), and the split of token ids eval scores."""
-    from charrnn.data.dataset import validation_of_checkpoint
-
-    chunks, split = validation_of_checkpoint(model.path, purpose="explain")
+    chunks, split = model.validation("explain")
     return "".join(chunks), split
 
 
@@ -99,7 +97,7 @@ def explain_text(
     """One stateful pass of `model` over `text`, with each character's rank and the ranked units;
     `text` is the first `total_chars` characters of a text whose figures are `whole`."""
     from charrnn.evaluate import compression_baselines
-    from charrnn.score import char_alignment, token_labels
+    from charrnn.score import token_labels
 
     cfg = model.config
     states = (2 if cfg.cell == "lstm" else 1) * cfg.num_layers * cfg.hidden_size
@@ -109,17 +107,15 @@ def explain_text(
             f"take {len(text) * states * 4 / 1e9:.1f} GB: explain fewer with --max-chars"
         )
     tokenizer = model.tokenizer
-    ids = tokenizer.encode(text).numpy()
-    if tokenizer.unk_id is not None and bool((ids == tokenizer.unk_id).all()):
-        raise CharrnnError(f"none of the characters of {source} is in the model's vocabulary: nothing to explain")
-    if len(ids) < 2:  # as eval and score refuse it: no character of it is predicted
-        raise CharrnnError(f"{source} is one token long, and the first token is predicted by nothing")
     score = model.score(text, top_k=min(RANK_DEPTH, model.config.vocab_size), activations=True)
-    # The token each character begins with (its first, for a character of several bytes), as the
-    # predictions label it: where it stands among them is the character's rank.
-    _, _, char_first, _ = char_alignment(tokenizer, ids.tolist(), text)
+    if bool(score.unknown.all()):
+        raise CharrnnError(f"none of the characters of {source} is in the model's vocabulary: nothing to explain")
+    if not score.predicted:  # as eval and score refuse it: no character of it is predicted
+        raise CharrnnError(f"{source} is one token long, and the first token is predicted by nothing")
+    # The token each character begins with, as the predictions label it: where it stands among
+    # them is the character's rank.
     labels = token_labels(tokenizer)
-    targets = [labels[ids[first]] for first in char_first.tolist()]
+    targets = [labels[i] for i in score.first_token.tolist()]
     activations = {"h": score.hidden}
     if score.cell is not None:
         activations["c"] = score.cell
