@@ -140,10 +140,6 @@ KEYWORDS = tuple(name for name in BY_NAME if name not in API_PARAMETERS)
 FILE_KEYS = ("corpus", *(name for name in BY_NAME if name not in ("config", "resume")))
 
 
-def defaults() -> dict[str, Any]:
-    return {option.name: option.default for option in OPTIONS}
-
-
 def resume_applies() -> list[str]:
     """The flags `--resume` applies (all the others are fixed when a run starts)."""
     return [
