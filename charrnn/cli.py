@@ -642,3 +642,53 @@ def viz(
         print_term(expl, color=color)
     if as_json:
         print(jsonout.dumps(json_document(expl), ensure_ascii=False))
+
+
+# ----- serve: the limits' defaults are charrnn.serve.limits.Limits's -----
+
+
+def _limit_default(name: str) -> Any:
+    from charrnn.serve.limits import Limits
+
+    return getattr(Limits, name)
+
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
+    host: Annotated[str, typer.Option(help="Address to listen on; any but loopback needs an API key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one).")] = 8000,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(envvar="CHARRNN_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY'."),
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="Most characters one choice may ask for.")] = _limit_default(
+        "max_tokens"
+    ),
+    max_prompt: Annotated[int, typer.Option(help="Most characters of a prompt or a text to score.")] = _limit_default(
+        "max_prompt"
+    ),
+    max_body: Annotated[int, typer.Option(help="Most bytes of a request body.")] = _limit_default("max_body"),
+    max_streams: Annotated[int, typer.Option(help="Streams stepped together in the batch.")] = _limit_default(
+        "max_streams"
+    ),
+    max_queue: Annotated[int, typer.Option(help="Streams that may wait for room (429 beyond).")] = _limit_default(
+        "max_queue"
+    ),
+    time_limit: Annotated[float, typer.Option(help="Seconds a request may take, waiting included.")] = _limit_default(
+        "time_limit"
+    ),
+    body_timeout: Annotated[float, typer.Option(help="Seconds a client may take to send its body.")] = _limit_default(
+        "body_timeout"
+    ),
+    grace: Annotated[float, typer.Option(help="Seconds streams in flight get on SIGINT/SIGTERM.")] = _limit_default(
+        "grace"
+    ),
+) -> None:
+    """Keep a model loaded behind an OpenAI-compatible HTTP API (/v1/completions, /v1/models,
+    /v1/score) and a page at /, batching every concurrent stream into one step (docs/serving.md)."""
+    from charrnn.serve import Limits
+    from charrnn.serve import serve as serve_run
+
+    limits = Limits(max_tokens, max_prompt, max_body, max_streams, max_queue, time_limit, body_timeout, grace)
+    serve_run(run, host, port, api_key, limits)

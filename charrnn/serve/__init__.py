@@ -1,0 +1,42 @@
+"""charrnn serve: one model kept loaded behind an OpenAI-compatible HTTP API, every concurrent
+stream stepped in one batch (docs/serving.md). The web stack (starlette, uvicorn) is the `serve`
+extra: `serve` and `running` say in one line how to install it where it is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from charrnn.errors import CharrnnError
+from charrnn.serve.limits import Limits
+
+__all__ = ["Limits", "running", "serve"]
+
+
+def check_installed() -> None:
+    missing = [name for name in ("starlette", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CharrnnError(f"charrnn serve needs {' and '.join(missing)}: pip install 'charrnn[serve]'")
+
+
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          limits: Limits | None = None) -> None:  # fmt: skip
+    """Serve `run` until SIGINT or SIGTERM, then stop gracefully (server.py)."""
+    check_installed()
+    from charrnn.serve.server import serve_until_signal
+
+    serve_until_signal(run, host, port, api_key, limits or Limits())
+
+
+@contextmanager
+def running(run: str | Path, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
+            limits: Limits | None = None) -> Iterator[str]:  # fmt: skip
+    """Serve `run` on a thread of this process while the block runs; gives the server's base URL
+    (http://127.0.0.1:PORT; port 0 takes a free one). For scripts and tests."""
+    check_installed()
+    from charrnn.serve.server import started
+
+    with started(run, host, port, api_key, limits or Limits()) as server:
+        yield server.url
