@@ -4,7 +4,7 @@ extra: `serve` and `running` say in one line how to install it where it is missi
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +16,13 @@ __all__ = ["Limits", "running", "serve"]
 
 
 def check_installed() -> None:
-    missing = [name for name in ("starlette", "uvicorn") if importlib.util.find_spec(name) is None]
+    """A CharrnnError saying what to pip install where the serve extra is missing."""
+    missing = []
+    for name in ("starlette", "uvicorn"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise CharrnnError(f"charrnn serve needs {' and '.join(missing)}: pip install 'charrnn[serve]'")
 

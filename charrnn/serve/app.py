@@ -237,12 +237,14 @@ async def _answer(
 ) -> Response:
     """The whole completion as one JSON answer; a client that leaves first frees its streams."""
     choices = Choices(streams, logprobs)
+    checked = time.monotonic()
     try:
         while not choices.done:
-            items = await inbox.take(0.5)
-            if not items and await request.is_disconnected():
-                return Response(status_code=499)
-            choices.take(items)
+            choices.take(await inbox.take(0.25))
+            if time.monotonic() - checked > 0.25:  # a client that has gone is heard of here
+                if await request.is_disconnected():
+                    return Response(status_code=499)
+                checked = time.monotonic()
     finally:
         job.cancel()  # a no-op once every choice has ended
     return JSONResponse({**head, "choices": choices.final(), "usage": _usage(usage, choices)})

@@ -106,6 +106,7 @@ class Engine:
         self.state: list = self.model.zero_state(0)
         self.logits = np.zeros((0, self.model.vocab), F32)  # raw, before each stream's temperature
         self.scales = np.zeros((0, 1), F32)
+        self.widest = 0  # the most streams one step has run, for tests and the benchmark
         self.stopping = False
         self.hard_stop = math.inf  # after it, every stream still running is ended
         self.thread = threading.Thread(target=self._run, name="charrnn-serve-engine", daemon=True)
@@ -225,6 +226,7 @@ class Engine:
         self.logits, self.scales = self.logits[rows], self.scales[rows]
 
     def _step(self) -> None:
+        self.widest = max(self.widest, len(self.active))
         scaled = self.logits * self.scales
         tokens = np.empty(len(self.active), dtype=np.int64)
         for i, choice in enumerate(self.active):
