@@ -236,44 +236,45 @@ class SingleStep:
         """tokens (B,) -> logits (B, V) times `scale`, and the per-layer state after them.
         `fused` overrides `self.fused` (the check of the fused kernel runs both ways)."""
         fused = self.fused if fused is None else fused
-        h_size = self.hidden
         out: list = []
         x = None
         for i, layer_state in enumerate(layers):
             if fused:
                 x, new_state = self._fused_layer(i, tokens, x, layer_state)
-                out.append(new_state)
-            elif self.cell == "lstm":
-                h, c = layer_state
-                if i == 0:
-                    gates = torch.addmm(self.table[tokens], h, self.w_hh[0])
-                else:
-                    gates = torch.addmm(self.b_ih[i], x, self.w_ih[i]).addmm_(h, self.w_hh[i])
-                s = gates.sigmoid()
-                c = torch.addcmul(
-                    s[:, h_size : 2 * h_size] * c, s[:, :h_size], gates[:, 2 * h_size : 3 * h_size].tanh()
-                )
-                x = s[:, 3 * h_size :] * c.tanh()
-                out.append((x, c))
-            elif self.cell == "gru":
-                h = layer_state
-                gi = self.table[tokens] if i == 0 else torch.addmm(self.b_ih[i], x, self.w_ih[i])
-                gh = torch.addmm(self.b_hh[i], h, self.w_hh[i])
-                rz = (gi[:, : 2 * h_size] + gh[:, : 2 * h_size]).sigmoid()
-                n = torch.addcmul(gi[:, 2 * h_size :], rz[:, :h_size], gh[:, 2 * h_size :]).tanh()
-                x = torch.addcmul(n, rz[:, h_size:], h - n)
-                out.append(x)
             else:
-                h = layer_state
-                if i == 0:
-                    pre = torch.addmm(self.table[tokens], h, self.w_hh[0])
-                else:
-                    pre = torch.addmm(self.b_ih[i], x, self.w_ih[i]).addmm_(h, self.w_hh[i])
-                x = pre.tanh()
-                out.append(x)
+                x, new_state = self.cell_step(i, self.input_gates(i, tokens if i == 0 else x), layer_state)
+            out.append(new_state)
+        return self.head(x, scale), out
+
+    def input_gates(self, i: int, inputs: Tensor) -> Tensor:
+        """Layer i's gates from its input, biases included ((N, G*H)): token ids (N,) for the
+        first layer, a row of the table; the layer below's output (N, H) for the others."""
+        return self.table[inputs] if i == 0 else torch.addmm(self.b_ih[i], inputs, self.w_ih[i])
+
+    def cell_step(self, i: int, gates_in: Tensor, layer_state: Tensor | tuple) -> tuple[Tensor, Tensor | tuple]:
+        """One step of layer i from its input gates: (its output h, its new state)."""
+        h_size = self.hidden
+        if self.cell == "lstm":
+            h, c = layer_state
+            gates = torch.addmm(gates_in, h, self.w_hh[i])
+            s = gates.sigmoid()
+            c = torch.addcmul(s[:, h_size : 2 * h_size] * c, s[:, :h_size], gates[:, 2 * h_size : 3 * h_size].tanh())
+            h = s[:, 3 * h_size :] * c.tanh()
+            return h, (h, c)
+        if self.cell == "gru":
+            gh = torch.addmm(self.b_hh[i], layer_state, self.w_hh[i])
+            rz = (gates_in[:, : 2 * h_size] + gh[:, : 2 * h_size]).sigmoid()
+            n = torch.addcmul(gates_in[:, 2 * h_size :], rz[:, :h_size], gh[:, 2 * h_size :]).tanh()
+            h = torch.addcmul(n, rz[:, h_size:], layer_state - n)
+            return h, h
+        h = torch.addmm(gates_in, layer_state, self.w_hh[i]).tanh()
+        return h, h
+
+    def head(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        """The top layer's output (N, H) -> logits (N, V) times `scale`."""
         if self.proj is not None:
             x = x @ self.proj
-        return torch.addmm(self.head_b, x, self.head_w, beta=scale, alpha=scale), out
+        return torch.addmm(self.head_b, x, self.head_w, beta=scale, alpha=scale)
 
     def _fused_layer(self, i: int, tokens: Tensor, x: Tensor | None, layer_state: Tensor | tuple) -> tuple:
         """Layer i as two products and the fused cell kernel: (its output, its new state)."""

@@ -6,8 +6,9 @@ carried from window to window, so memory is bounded by one window whatever the t
 A pass may start from a given state (the text before it) and hands out the state after each
 window. Each window gives the float32 logits of its targets, and, with `activations`, every
 layer's hidden state (and an LSTM's cell state) after each input token: then the window runs
-one token at a time through `SingleStep`, whose arithmetic gives the logits and the states at
-once (nn.LSTM hands out no cell state but the last), so they come from the step that scores.
+one token at a time through `SingleStep`'s arithmetic (the torch sampler's), which gives the
+logits and the states at once (nn.LSTM hands out no cell state but the last), so they come
+from the step that scores.
 """
 
 from __future__ import annotations
@@ -59,10 +60,20 @@ def windows(
     autocast: bool = False,
     activations: bool = False,
     window: int = WINDOW,
+    grad: bool = False,
 ) -> Iterator[Window]:
     """Stream s reads tokens[starts[s] : starts[s] + length + 1] (its inputs, then its targets one
-    later) from `state` (None: zeros), in windows; a grid of equal streams is its flattened rows."""
+    later) from `state` (None: zeros), in windows; a grid of equal streams is its flattened rows.
+
+    With `grad` each window's forward records a graph, for a caller that takes a gradient step on
+    it before asking for the next (dynamic evaluation, `charrnn.dynamic`): the state carried into
+    a window is detached, so a window's gradient ends at its start and memory stays one window's."""
     import torch
+
+    from charrnn.model import detach_state
+
+    if grad and activations:
+        raise ValueError("a pass with grad hands out no activations")
 
     device = model.embed.weight.device
     offsets = torch.arange(window + 1)
@@ -74,13 +85,16 @@ def windows(
         if step is not None:
             yield step.window(chunk)
             continue
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        if grad and state is not None:
+            state = detach_state(state)
+        with torch.set_grad_enabled(grad), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits, _, state = model(chunk[:-1], state)
         yield Window(logits.float(), chunk[1:], state)
 
 
 class _Stepper:
-    """A window one token at a time through `SingleStep` (float32), keeping every layer's state."""
+    """A window layer by layer and one token at a time through `SingleStep`'s arithmetic (float32):
+    each layer's input gates and the head for the whole window at once, the cells step by step."""
 
     def __init__(self, model: RNNLanguageModel, state: State | None, streams: int) -> None:
         import torch
@@ -97,15 +111,24 @@ class _Stepper:
     def window(self, chunk: torch.Tensor) -> Window:
         import torch
 
-        logits, hidden, cell = [], [], []
-        for tokens in chunk[:-1]:
-            out, self.layers = self.single.advance(tokens, self.layers)
-            logits.append(out)
-            hidden.append(torch.stack([s[0] if isinstance(s, tuple) else s for s in self.layers], dim=1))
-            if isinstance(self.layers[0], tuple):
-                cell.append(torch.stack([c for _, c in self.layers], dim=1))
-        cells = torch.stack(cell) if cell else None
-        return Window(torch.stack(logits), chunk[1:], self.single.end(self.layers), torch.stack(hidden), cells)
+        steps, streams = chunk[:-1].shape
+        x, hidden, cell = chunk[:-1].reshape(-1), [], []
+        with torch.inference_mode():
+            for i, layer_state in enumerate(self.layers):
+                gates = self.single.input_gates(i, x).view(steps, streams, -1)
+                outs, cells = [], []
+                for t in range(steps):
+                    h, layer_state = self.single.cell_step(i, gates[t], layer_state)
+                    outs.append(h)
+                    if isinstance(layer_state, tuple):
+                        cells.append(layer_state[1])
+                self.layers[i] = layer_state
+                hidden.append(torch.stack(outs))  # (T, S, H)
+                cell += [torch.stack(cells)] if cells else []
+                x = hidden[-1].view(steps * streams, -1)
+            logits = self.single.head(x).view(steps, streams, -1)
+        cells_out = torch.stack(cell, dim=2) if cell else None
+        return Window(logits, chunk[1:], self.single.end(self.layers), torch.stack(hidden, dim=2), cells_out)
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
