@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from browser import chromium, requests  # noqa: F401 (chromium is the browser fixture)
 from conftest import TINY, charrnn, in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -400,62 +397,6 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
 # --- the page in a real browser ----------------------------------------------------------------
 
 
-def _need(reason: str) -> None:
-    """Skip here; in CI (where the browser is installed on purpose) fail instead."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}, and CI must run the browser test (.ci/run installs chromium and chromium-driver)")
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """Headless Chromium driven by chromedriver, logging every network request the page makes."""
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        _need("selenium is not installed (it is in the dev extra)")
-    binary = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-    driver_path = shutil.which("chromedriver")
-    if binary is None or driver_path is None:
-        _need("no Chromium here (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="charrnn-chromium-")
-    options.add_argument(f"--user-data-dir={profile}")
-    options.binary_location = binary
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def _requests(driver: Any) -> list[str]:
-    """URLs of the requests since the last call, leaving out the browser's own chrome:// pages."""
-    urls = []
-    for entry in driver.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            url, document = message["params"]["request"]["url"], message["params"].get("documentURL", "")
-            if not url.startswith("chrome://") and not document.startswith("chrome://"):
-                urls.append(url)
-    return urls
-
-
 def _backgrounds(driver: Any) -> list[str]:
     return driver.execute_script(
         "return Array.from(document.querySelectorAll('#text .c'), c => c.style.backgroundColor)"
@@ -474,7 +415,7 @@ def test_page_in_chromium_hover_card_unit_view_and_no_network(
     assert code == 0, err
     data = page_data(page)
     browser.get("about:blank")
-    _requests(browser)  # what the browser fetched for itself before the page
+    requests(browser)  # what the browser fetched for itself before the page
     browser.get(page.as_uri())
     cells = browser.find_elements(By.CSS_SELECTOR, "#text .c")
     assert len(cells) == len(data["chars"]) == 1500
@@ -503,7 +444,7 @@ def test_page_in_chromium_hover_card_unit_view_and_no_network(
     browser.save_screenshot(str(tmp_path / "explain.png"))
     assert (tmp_path / "explain.png").stat().st_size > 10_000
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
-    assert _requests(browser) == [page.as_uri()]
+    assert requests(browser) == [page.as_uri()]
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
 
 
