@@ -692,3 +692,23 @@ def serve(
 
     limits = Limits(max_tokens, max_prompt, max_body, max_streams, max_queue, time_limit, body_timeout, grace)
     serve_run(run, host, port, api_key, limits)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
+    onnx: Annotated[
+        Optional[Path], typer.Option("--onnx", help="Write the network as an ONNX graph here.", show_default=False)
+    ] = None,
+    html: Annotated[
+        Optional[Path],
+        typer.Option("--html", help="Write a self-contained page that generates in the browser.", show_default=False),
+    ] = None,
+    precision: Annotated[str, typer.Option(help="The page's weights: float32, float16 or int8.")] = "float16",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files that exist.")] = False,
+) -> None:
+    """Export the model to run outside Python: an ONNX graph, and/or one offline HTML page (docs/export.md)."""
+    from charrnn.export.write import export as export_run
+
+    for path in export_run(run, onnx=onnx, html=html, precision=precision, force=force):
+        print(f"wrote {path}")
