@@ -320,7 +320,19 @@ def test_the_command_refuses_an_open_address_without_a_key_and_a_missing_extra(r
 
 
 def test_sigterm_ends_streams_in_flight_with_a_last_event_and_exits_0(run: Path) -> None:
-    command = [sys.executable, "-m", "charrnn", "serve", str(run), "--port", "0", "--grace", "1", "--max-tokens", "1000000"]
+    command = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "serve",
+        str(run),
+        "--port",
+        "0",
+        "--grace",
+        "1",
+        "--max-tokens",
+        "1000000",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         try:

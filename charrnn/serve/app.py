@@ -16,7 +16,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
@@ -34,24 +35,25 @@ from charrnn.serve.batcher import Engine, Full, Job
 from charrnn.serve.bodies import ApiError, Completion, parse_completion, parse_json, parse_score
 from charrnn.serve.limits import Limits
 
+# Prompts of at most this many tokens are primed on the loop (a few steps); longer ones on a worker thread.
+INLINE_PRIME = 64
+# After a stream's first text, its events go out at most this often (seconds): many steps' text
+# in one event, so that the cost of an event (JSON, a send, the client's parse) is not paid per character.
+FLUSH = 0.02
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'"
 
 
 class Inbox:
-    """A job's events, posted by the engine's thread and taken by the request's task: the loop is
-    woken at most once per take, however many events arrive in between."""
+    """A job's events, posted by the engine's task and taken by the request's: the request's task
+    runs once per step at most, however many events the step made."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop, self.items, self.flagged, self.ready = loop, deque(), False, asyncio.Event()
+    def __init__(self) -> None:
+        self.items: deque[tuple] = deque()
+        self.ready = asyncio.Event()
 
     def post(self, item: tuple) -> None:
         self.items.append(item)
-        if not self.flagged:
-            self.flagged = True
-            try:
-                self.loop.call_soon_threadsafe(self.ready.set)
-            except RuntimeError:  # the loop has closed: nobody is listening
-                pass
+        self.ready.set()
 
     async def take(self, timeout: float) -> list[tuple]:
         """The events so far (waiting up to `timeout` seconds for one; [] if none came)."""
@@ -60,7 +62,6 @@ class Inbox:
         except TimeoutError:
             return []
         self.ready.clear()
-        self.flagged = False
         taken = []
         while self.items:
             taken.append(self.items.popleft())
@@ -207,9 +208,12 @@ class Service:
             raise ApiError(exc.status, str(exc), "server_error" if exc.status == 503 else "rate_limit_error") from None
         except CharrnnError as exc:
             raise ApiError(400, str(exc), param="prompt") from None
-        inbox = Inbox(asyncio.get_running_loop())
+        inbox = Inbox()
         job = Job(asked.settings, asked.logprobs, time.monotonic() + self.limits.time_limit, inbox.post)
-        await run_in_threadpool(self.engine.prime, job, prompts)
+        if sum(len(ids) for ids, _ in prompts) <= INLINE_PRIME:
+            self.engine.prime(job, prompts)
+        else:
+            await run_in_threadpool(self.engine.prime, job, prompts)
         try:
             self.engine.submit(job)
         except Full as exc:
@@ -241,6 +245,7 @@ async def _answer(
     try:
         while not choices.done:
             choices.take(await inbox.take(0.25))
+            await asyncio.sleep(FLUSH)
             if time.monotonic() - checked > 0.25:  # a client that has gone is heard of here
                 if await request.is_disconnected():
                     return Response(status_code=499)
@@ -254,9 +259,26 @@ def _sse(document: dict[str, Any]) -> str:
     return f"data: {jsonout.dumps(document, ensure_ascii=False)}\n\n"
 
 
+def _chunks(head: dict, choices: Choices, new: dict[int, tuple[str, list]], ended: list[int]) -> Iterator[str]:
+    """The events for what one take brought: each choice's new text, then a chunk per choice that ended."""
+    for index, (text, entries) in new.items():
+        logprobs = None
+        if choices.logprobs is not None:
+            logprobs = _empty_logprobs()
+            start = len(choices.texts[index]) - len(text)
+            for entry in entries:
+                _add_logprob(logprobs, entry, None if logprobs["tokens"] else start)
+        choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": None}
+        yield _sse({**head, "choices": [choice]})
+    for index in ended:
+        choice = {"text": "", "index": index, "logprobs": None, "finish_reason": choices.reasons[index]}
+        yield _sse({**head, "choices": [choice]})
+
+
 async def _events(job: Job, inbox: Inbox, asked: Completion, head: dict, usage: dict) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format: each choice's new text as it is made, a chunk
-    with its finish_reason when it ends, the usage if asked for, then [DONE]."""
+    """Server-sent events in OpenAI's chunk format: each choice's new text as it is made (the first
+    at once, later ones gathered over FLUSH seconds), a chunk with its finish_reason when it ends,
+    the usage if asked for, then [DONE]."""
     choices = Choices(asked.settings.num_samples * len(asked.prompts), asked.logprobs >= 0)
     try:
         while not choices.done:
@@ -265,25 +287,10 @@ async def _events(job: Job, inbox: Inbox, asked: Completion, head: dict, usage: 
             except ApiError as exc:
                 yield _sse(exc.body())
                 break
-            for index, (text, entries) in new.items():
-                logprobs = None
-                if choices.logprobs is not None:
-                    logprobs = _empty_logprobs()
-                    start = len(choices.texts[index]) - len(text)
-                    for entry in entries:
-                        _add_logprob(logprobs, entry, start if not logprobs["tokens"] else None)
-                yield _sse(
-                    {**head, "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": None}]}
-                )
-            for index in ended:
-                yield _sse(
-                    {
-                        **head,
-                        "choices": [
-                            {"text": "", "index": index, "logprobs": None, "finish_reason": choices.reasons[index]}
-                        ],
-                    }
-                )
+            for event in _chunks(head, choices, new, ended):
+                yield event
+            if new and not choices.done:
+                await asyncio.sleep(FLUSH)  # let the next steps' text gather
         if asked.usage_in_stream:
             yield _sse({**head, "choices": [], "usage": _usage(usage, choices)})
         yield "data: [DONE]\n\n"
@@ -333,4 +340,14 @@ def create_app(model: Model, engine: Engine, limits: Limits, name: str, api_key:
         Route("/v1/score", service.score, methods=["POST"]),
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _server_error}
-    return _Auth(Starlette(routes=routes, exception_handlers=handlers), api_key)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        stepping = asyncio.create_task(engine.run(), name="charrnn-serve-engine")
+        try:
+            yield
+        finally:
+            engine.stop(0)
+            await asyncio.wait_for(stepping, 5)
+
+    return _Auth(Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan), api_key)

@@ -1,4 +1,4 @@
-"""Continuous batching: one thread steps every stream of every request in one batched model step.
+"""Continuous batching: one task steps every stream of every request in one batched model step.
 
 A recurrent stream's whole state is a row of each layer's (B, H) arrays, so a stream joins the
 batch by appending its rows and leaves by dropping them, between any two steps. Each step: every
@@ -12,14 +12,17 @@ for its seed and index, its `Chooser` is the numpy sampler's, and its prime runs
 the same text; beside other streams the matrix products run over more rows, which can round a
 last bit differently and so, rarely, flip a near tie (docs/serving.md).
 
-Nothing here imports torch or the web stack: requests come in as `Job`s, text goes out through
-their `post` callback.
+The engine is a task on the server's event loop, not a thread: between two steps the loop
+serves every connection, and no thread of it waits for the GIL behind a stepping thread (on two
+cores, a stepping thread held back the loop's many short turns by the interpreter's switch
+interval each, and 32 clients got tens of characters a second). Nothing here imports torch or
+the web stack: requests come in as `Job`s, text goes out through their `post` callback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -92,14 +95,15 @@ class Job:
 
 
 class Engine:
-    """The batch and its one stepping thread (see the module docstring)."""
+    """The batch and its one stepping task (see the module docstring)."""
 
     def __init__(self, config: Any, weights: dict[str, np.ndarray], tokenizer: Tokenizer, limits: Limits) -> None:
         unk = tokenizer.unk_id
         self.model = NumpyModel(config, weights, banned=[] if unk is None else [unk])
         self.tokenizer, self.limits = tokenizer, limits
         self.texts = [t if t is not None else f"<{i}>" for i, t in enumerate(tokenizer.token_texts())]
-        self.wake = threading.Condition()
+        self.wake = asyncio.Event()  # a job came, or stopping began
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.waiting: deque[Job] = deque()
         self.queued = 0  # streams of the waiting jobs
         self.active: list[Choice] = []
@@ -109,12 +113,8 @@ class Engine:
         self.widest = 0  # the most streams one step has run, for tests and the benchmark
         self.stopping = False
         self.hard_stop = math.inf  # after it, every stream still running is ended
-        self.thread = threading.Thread(target=self._run, name="charrnn-serve-engine", daemon=True)
 
-    def start(self) -> None:
-        self.thread.start()
-
-    # --- requests in: from the web side's threads ---
+    # --- requests in: on the event loop (`prime` on any thread) ---
 
     def prompt_ids(self, prompt: str, heal: bool) -> tuple[list[int], str]:
         """A prompt's ids to prime with and the text healing took off its end (a CharrnnError
@@ -126,11 +126,10 @@ class Engine:
 
     def reserve(self, streams: int) -> None:
         """Refuse now (Full) a request that could not even wait for room."""
-        with self.wake:
-            if self.stopping:
-                raise Full(503, "the server is shutting down")
-            if len(self.active) + self.queued + streams > self.limits.max_streams + self.limits.max_queue:
-                raise Full(429, "the server is full: every stream and every place in the queue is taken; retry later")
+        if self.stopping:
+            raise Full(503, "the server is shutting down")
+        if len(self.active) + self.queued + streams > self.limits.max_streams + self.limits.max_queue:
+            raise Full(429, "the server is full: every stream and every place in the queue is taken; retry later")
 
     def prime(self, job: Job, prompts: list[tuple[list[int], str]]) -> None:
         """Run each prompt through the model (on the caller's thread) and make its choices:
@@ -144,34 +143,43 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         """Queue a primed job: it joins the batch at the next step there is room for it."""
-        with self.wake:
-            self.reserve(job.streams)
-            self.waiting.append(job)
-            self.queued += job.streams
-            self.wake.notify()
+        self.reserve(job.streams)
+        self.waiting.append(job)
+        self.queued += job.streams
+        self.wake.set()
 
     def stop(self, grace: float) -> None:
         """Take no more requests; end the streams still running after `grace` seconds."""
-        with self.wake:
-            self.stopping = True
-            self.hard_stop = time.monotonic() + grace
-            self.wake.notify()
+        self.stopping = True
+        self.hard_stop = min(self.hard_stop, time.monotonic() + grace)
+        self.wake.set()
 
-    # --- the stepping thread ---
+    def stop_soon(self, grace: float) -> None:
+        """`stop`, from any thread (a signal's, a test's)."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.stop, grace)
 
-    def _run(self) -> None:
+    # --- the stepping task ---
+
+    async def run(self) -> None:
+        """Step until stopped and empty; the loop serves the connections between steps."""
+        self.loop = asyncio.get_running_loop()
         with np.errstate(over="ignore", invalid="ignore"):  # NaN scores end their job (text.NOT_FINITE)
             while True:
-                with self.wake:
-                    self._admit()
-                    if not self.active:
-                        if self.stopping and not self.waiting:
-                            return
-                        self.wake.wait(0.25)
-                        continue
+                self._admit()
+                if not self.active:
+                    if self.stopping and not self.waiting:
+                        return
+                    self.wake.clear()
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), 0.25)
+                    except TimeoutError:
+                        pass
+                    continue
                 self._drop(self._overdue())
                 if self.active:
                     self._step()
+                await asyncio.sleep(0)
 
     def _admit(self) -> None:
         """Move waiting jobs into the batch, first come first served, while there is room."""

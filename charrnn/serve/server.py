@@ -100,24 +100,22 @@ def started(run: str | Path, host: str, port: int, api_key: str | None, limits: 
         create_app(model, engine, limits, name, api_key),
         log_level="warning",
         access_log=False,
-        lifespan="off",
+        lifespan="on",
         timeout_keep_alive=5,
         timeout_graceful_shutdown=math.ceil(limits.grace) + 2,
         limit_concurrency=limits.max_streams + limits.max_queue + 64,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="charrnn-serve", daemon=True)
-    engine.start()
     thread.start()
     try:
         _wait_started(server, thread)
         where = f"[{host}]" if ":" in host else host
         yield Started(f"http://{where}:{sock.getsockname()[1]}", name, engine, server, thread)
     finally:
-        engine.stop(limits.grace)
+        engine.stop_soon(limits.grace)
         server.should_exit = True
         thread.join(limits.grace + 10)
-        engine.thread.join(5)
         sock.close()
 
 
