@@ -14,39 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from conftest import CHECKPOINT_TEXT, ROOT, checkpoint_payload, copied, in_process
+from random_checkpoints import random_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 HELD = "And the LORD spake unto Moses, saying, Speak unto the children of Israel.\n" * 8
-
-
-def random_checkpoint(
-    path: Path, cell: str = "lstm", *, kind: str = "char", layers: int = 2, gain: float = 3.0, **shape: Any
-) -> Path:
-    """A format-2 checkpoint of random weights (times `gain`), written to `path`."""
-    from charrnn.checkpoint import save_checkpoint
-    from charrnn.config import ModelConfig, asdict
-    from charrnn.model import RNNLanguageModel
-
-    payload = checkpoint_payload()
-    if kind == "byte":
-        payload["tokenizer"] = {"kind": "byte"}
-    vocab = 256 if kind == "byte" else payload["model_config"]["vocab_size"]
-    sizes = {"hidden_size": 32, "embed_size": 16} | shape
-    cfg = ModelConfig(vocab_size=vocab, cell=cell, num_layers=layers, **sizes)
-    torch.manual_seed(1)
-    module = RNNLanguageModel(cfg)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.mul_(gain)
-    payload["model_config"] = asdict(cfg)
-    payload["model"] = module.state_dict()
-    save_checkpoint(path, payload)
-    return path
 
 
 def session(path: Path) -> Any:
