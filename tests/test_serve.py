@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from browser import chromium, requests  # noqa: F401 (chromium is the browser fixture)
 from conftest import run_in_process
 
 from charrnn.serve import Limits
@@ -288,6 +289,32 @@ def test_the_page_has_no_external_resources(server: Started) -> None:
     assert "default-src 'none'" in page.text and "http" not in page.text.replace("http-equiv", "")
 
 
+def test_the_page_streams_text_coloured_by_surprisal_in_chromium(server: Started, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get("about:blank")
+    requests(browser)  # what the browser fetched for itself before the page
+    browser.get(server.url + "/")
+    prime = browser.find_element(By.ID, "prime")
+    prime.clear()
+    prime.send_keys("And God")
+    length = browser.find_element(By.ID, "length")
+    length.clear()
+    length.send_keys("80")
+    browser.find_element(By.ID, "go").click()
+    WebDriverWait(browser, 20).until(lambda b: "finished" in b.find_element(By.ID, "status").text)
+    assert browser.find_element(By.CSS_SELECTOR, "#text .p").text == "And God"
+    cells = browser.find_elements(By.CSS_SELECTOR, "#text .c")
+    colours = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#text .c'), c => c.style.backgroundColor)"
+    )
+    assert len(cells) == 80 and all(colours) and len(set(colours)) > 1  # each character by its surprisal
+    assert "bits" in cells[0].get_attribute("title")
+    assert requests(browser) == [server.url + "/", server.url + "/v1/completions"]
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
 def test_an_api_key_is_checked_on_every_request_and_a_time_limit_ends_a_request(run: Path) -> None:
     limits = Limits(max_tokens=1_000_000, max_streams=2, max_queue=2, time_limit=0.5, grace=0.5)
     with started(run, "127.0.0.1", 0, "s3cret", limits) as keyed:
@@ -351,3 +378,13 @@ def test_sigterm_ends_streams_in_flight_with_a_last_event_and_exits_0(run: Path)
             assert proc.wait(10) == 0 and time.monotonic() - stopped_at < 6
         finally:
             proc.kill()
+
+
+def test_the_benchmark_script_runs_small(run: Path) -> None:
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_serve.py"
+    args = ["--run", str(run), "--clients", "1,3", "--chars", "20", "--soak-seconds", "1", "--soak-clients", "2"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
+    assert len(rows) == 2 and "soak: 1 s" in done.stdout and "MiB at the end" in done.stdout
