@@ -299,3 +299,17 @@ def test_a_cpu_preset_page_is_at_most_5_mb(tmp_path: Path, capsys: pytest.Captur
         sizes[precision] = page.stat().st_size
     print(f"cpu-preset page sizes: {sizes}")
     assert sizes["float32"] <= 5_000_000 and sizes["int8"] < sizes["float16"] < sizes["float32"]
+
+
+def test_the_benchmark_script_runs() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_export.py"), "--tiny"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "onnxruntime, one stream:" in done.stdout and "charrnn numpy sampler, one stream:" in done.stdout
+    assert done.stdout.startswith("machine: ")
