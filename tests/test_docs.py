@@ -78,7 +78,7 @@ def console_blocks(path: Path) -> list[str]:
     return re.findall(r"^```console\n(.*?)^```", path.read_text(encoding="utf-8"), re.S | re.M)
 
 
-WRITES = re.compile(r"(?:--run|--resume|--output|-o|--html)[ =]([\w./-]+)|(?<![<>\w])> ?([\w./-]+)")
+WRITES = re.compile(r"(?:--run|--resume|--output|-o|--html|--onnx)[ =]([\w./-]+)|(?<![<>\w])> ?([\w./-]+)")
 
 
 def shell_names() -> set[str]:
