@@ -227,6 +227,10 @@ def test_bad_input_is_one_line(tiny_trained: Path, tmp_path: Path, capsys: pytes
         capsys, run, "--html", str(tmp_path / "p.html"), "--precision", "int4"
     )
     assert "does not exist" in _one_line_error(capsys, run, "--onnx", str(tmp_path / "no" / "m.onnx"))
+    own = copied(tiny_trained / "run", tmp_path / "own")
+    checkpoint = (own / "best.safetensors").read_bytes()
+    err = _one_line_error(capsys, str(own), "--html", str(own / "best.safetensors"), "--force")
+    assert "is the checkpoint being exported" in err and (own / "best.safetensors").read_bytes() == checkpoint
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.html"))
 
 

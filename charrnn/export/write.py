@@ -69,6 +69,8 @@ def export(
     for path in targets:
         _check_target(path, force)
     source = read_source(Path(run))
+    if any(path.resolve() == source.path.resolve() for path in targets):
+        raise CharrnnError(f"{source.path} is the checkpoint being exported: write the export elsewhere")
     if html is not None:
         check_page_model(source)
     files: list[tuple[Path, bytes]] = []
