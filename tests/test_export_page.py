@@ -1,15 +1,18 @@
 """The exported page in a real (headless) Chromium: it makes no request, its greedy text is
 `charrnn sample --temperature 0`'s, a seed gives the same text on every load, a --lines run writes
-one example a line, the top-5 follow the prime as it is typed; and how fast it writes (printed)."""
+one example a line, the top-5 follow the prime as it is typed, an int8 page writes what its
+weights do in Python; and how fast it writes (printed)."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from browser import chromium, requests  # noqa: F401 (chromium is the browser fixture)
 from conftest import in_process
 from random_checkpoints import random_checkpoint
@@ -72,11 +75,19 @@ def test_greedy_text_is_samples_and_the_page_makes_no_request(
 def test_a_seed_gives_the_same_text_on_every_load(
     tiny_trained: Path, browser: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from charrnn.export.precision import encode_all
+    from charrnn.export.source import read_source
+
     page = export_page(capsys, tiny_trained / "run", tmp_path / "page.html", precision="int8")
     first = run_page(browser, page, prime="In the", length=200, temperature=1.0, seed=7)
     again = run_page(browser, page, prime="In the", length=200, temperature=1.0, seed=7)
     other = run_page(browser, page, prime="In the", length=200, temperature=1.0, seed=8)
     assert len(first) == 200 and first == again and first != other
+    # The page computes with the int8 weights whose cost the export measured: its greedy text is theirs.
+    source = read_source(tiny_trained / "run")
+    quantised = source.model(encode_all(source.weights, "int8")[1])
+    expected = quantised.generate("In the", length=200, temperature=0)
+    assert run_page(browser, page, prime="In the", length=200, temperature=0) == expected
     assert (
         "int8" in browser.find_element("id", "about").text
         and "against float32" in browser.find_element("id", "about").text
@@ -115,4 +126,17 @@ def test_the_top_5_follow_the_prime_and_a_cpu_preset_page_reports_its_speed(
     while browser.find_element("id", "top5").text == before:
         assert time.monotonic() < deadline, "the top 5 did not follow the prime"
         time.sleep(0.05)
-    assert len(browser.find_elements("css selector", "#top5 span")) == 5
+    shown = [span.text.rsplit(" ", 1)[0] for span in browser.find_elements("css selector", "#top5 span")]
+    assert shown == top_5(run, "It was the")
+
+
+def top_5(run: Path, prime: str) -> list[str]:
+    """The five likeliest next characters after `prime` (<unk> left out), as the page writes them."""
+    import charrnn
+
+    model = charrnn.load(run, device="cpu")
+    ids = torch.tensor(model.tokenizer.encode_list(prime))[:, None]
+    with torch.no_grad():
+        logits = model.torch_module()(ids)[0][-1, 0]
+    logits[model.tokenizer.unk_id] = -torch.inf
+    return [json.dumps(model.tokenizer.token_texts()[i], ensure_ascii=False) for i in logits.topk(5).indices.tolist()]
