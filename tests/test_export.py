@@ -266,8 +266,9 @@ def test_the_page_says_what_each_precision_costs(
     from charrnn.export.source import read_source
 
     page = tmp_path / "page.html"
-    code, _, err = in_process(capsys, "export", str(tiny_trained / "run"), "--html", str(page), "--precision", "int8")
+    code, out, err = in_process(capsys, "export", str(tiny_trained / "run"), "--html", str(page), "--precision", "int8")
     assert code == 0, err
+    assert out.startswith(f"wrote {page} (int8 weights: ") and "against float32)" in out
     data = page_data(page)
     costs = data["costs"]
     assert (

@@ -29,16 +29,27 @@ def check_page_model(source: Source) -> None:
         )
 
 
-def page_data(source: Source, precision: str, *, measure: bool = True) -> dict[str, Any]:
-    """What the page embeds; `measure`: each precision's cost (three passes over the held-out text)."""
+def page_data(source: Source, precision: str) -> dict[str, Any]:
+    """What the page embeds, each precision's cost measured (three passes over the held-out text)."""
     stored, _ = encode_all(source.weights, precision)
     return {
         "model": describe(source.config, source.tokenizer, lines=source.lines),
         "title": source.path.parent.name or str(source.path),
         "precision": precision,
         "weights": stored,
-        "costs": costs(source) if measure else {"chars": 0, "bits_per_char": {}},
+        "costs": costs(source),
     }
+
+
+def cost_note(data: dict[str, Any]) -> str:
+    """One line on what the page's precision costs, as the page says it."""
+    precision, measured = data["precision"], data["costs"]["bits_per_char"]
+    if not measured:
+        return f"{precision} weights, their cost not measured: the run's validation text could not be rebuilt"
+    note = f"{precision} weights: {measured[precision]:.4f} bits per character on {data['costs']['chars']:,} held-out characters"
+    if precision != "float32":
+        note += f", {measured[precision] - measured['float32']:+.5f} against float32"
+    return note
 
 
 def _json(data: dict[str, Any]) -> str:
@@ -46,10 +57,10 @@ def _json(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
 
 
-def page_html(source: Source, precision: str, *, measure: bool = True) -> str:
-    """The whole page."""
+def page_html(source: Source, precision: str) -> tuple[str, str]:
+    """The whole page, and its `cost_note`."""
     check_page_model(source)
-    data = page_data(source, precision, measure=measure)
+    data = page_data(source, precision)
     template = resources.files("charrnn.export").joinpath("page.html").read_text(encoding="utf-8")
     page = template.replace("__TITLE__", html.escape(data["title"]))
-    return page.replace("__DATA__", _json(data))
+    return page.replace("__DATA__", _json(data)), cost_note(data)

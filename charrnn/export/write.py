@@ -54,9 +54,10 @@ def _write(files: list[tuple[Path, bytes]], force: bool) -> None:
 
 def export(
     run: Path, *, onnx: Path | None = None, html: Path | None = None, precision: str = "float16", force: bool = False
-) -> list[Path]:
+) -> list[str]:
     """Export the model of `run` (a run directory or a checkpoint file) as an ONNX graph and/or an
-    HTML page with its weights in `precision`; the paths written."""
+    HTML page with its weights in `precision`; a line for each file written (the page's says what
+    its precision costs)."""
     from charrnn.export.html_page import check_page_model, page_html
     from charrnn.export.source import read_source
 
@@ -78,7 +79,9 @@ def export(
         files += _onnx_files(source, Path(onnx))
         for path, _ in files[1:]:
             _check_target(path, force)
+    notes = {}
     if html is not None:
-        files.append((Path(html), page_html(source, precision).encode("utf-8")))
+        page, notes[Path(html)] = page_html(source, precision)
+        files.append((Path(html), page.encode("utf-8")))
     _write(files, force)
-    return [path for path, _ in files]
+    return [f"wrote {path}" + (f" ({notes[path]})" if path in notes else "") for path, _ in files]
