@@ -171,6 +171,7 @@ def test_a_format_1_checkpoint_exports_both_ways(tmp_path: Path, capsys: pytest.
 def test_a_subword_model_exports_its_sentencepiece_model_beside_the_graph_and_no_page(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import charrnn
     from charrnn.checkpoint import save_checkpoint
     from charrnn.config import ModelConfig, asdict
     from charrnn.data.tokenizers import train_tokenizer
@@ -185,6 +186,11 @@ def test_a_subword_model_exports_its_sentencepiece_model_beside_the_graph_and_no
     side = tmp_path / "bpe.sentencepiece.model"
     assert meta["tokenizer"]["sentencepiece_model"] == side.name and side.read_bytes() == tokenizer.model
     assert len(meta["tokenizer"]["token_bytes"]) == tokenizer.vocab_size
+    ids = tokenizer.encode_list(HELD)
+    pieces = b"".join(bytes.fromhex(meta["tokenizer"]["token_bytes"][i]) for i in ids)
+    assert pieces.decode("utf-8") == HELD  # token_bytes decode the text with no SentencePiece
+    result = charrnn.load(tmp_path / "bpe.safetensors", device="cpu").evaluate(HELD)
+    assert abs(ort_nll(session(tmp_path / "bpe.onnx"), meta, ids) - result.nll) / result.chars < 1e-4
     code, out, err = in_process(capsys, "export", str(tmp_path / "bpe.safetensors"), "--html", str(tmp_path / "p.html"))
     assert code == 1 and len(err.strip().splitlines()) == 1 and "char and byte models only" in err
     assert not (tmp_path / "p.html").exists()
