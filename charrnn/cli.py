@@ -20,6 +20,7 @@ from charrnn.errors import CharrnnError, Interrupted
 from charrnn.options import CORPUS, DURATION, FILES, OPTIONS, SIZE, Option, check_nproc, resume_applies
 
 if TYPE_CHECKING:
+    from charrnn.dynamic import DynamicSettings
     from charrnn.runs import Run
 
 # Typer exports click's BadParameter but not its bases, and since typer 0.22 they live in typer's
@@ -157,6 +158,43 @@ def convert(
         print(f"{old} -> {new}")
 
 
+# ----- dynamic evaluation's options, shared by eval, score and viz (charrnn.dynamic) -----
+
+DynamicFlag = Annotated[
+    bool,
+    typer.Option(
+        "--dynamic",
+        help="Also score by dynamic evaluation: a copy of the weights learns from each segment after "
+        "predicting it (docs/evaluation.md).",
+    ),
+]
+DynamicSegment = Annotated[
+    Optional[int], typer.Option(help="--dynamic: tokens per update (default 32).", show_default=False)
+]
+DynamicLr = Annotated[Optional[float], typer.Option(help="--dynamic: learning rate.", show_default=False)]
+DynamicDecay = Annotated[
+    Optional[float], typer.Option(help="--dynamic: decay toward the trained weights.", show_default=False)
+]
+DynamicMethod = Annotated[
+    Optional[str], typer.Option(help="--dynamic: rms (Krause et al.) or sgd (default rms).", show_default=False)
+]
+
+
+def _dynamic_settings(
+    dynamic: bool, segment: int | None, lr: float | None, decay: float | None, method: str | None
+) -> DynamicSettings | None:
+    """The settings of --dynamic (None without it); a --dynamic-* option without it is refused."""
+    given = {"segment": segment, "lr": lr, "decay": decay, "method": method}
+    given = {name: value for name, value in given.items() if value is not None}
+    if not dynamic:
+        if given:
+            raise CharrnnError(f"--dynamic-{next(iter(given))} is an option of --dynamic: add --dynamic")
+        return None
+    from charrnn.dynamic import DynamicSettings
+
+    return DynamicSettings(**given)
+
+
 @app.command("eval")
 def eval_(
     run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
@@ -175,17 +213,26 @@ def eval_(
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dynamic: DynamicFlag = False,
+    dynamic_segment: DynamicSegment = None,
+    dynamic_lr: DynamicLr = None,
+    dynamic_decay: DynamicDecay = None,
+    dynamic_method: DynamicMethod = None,
 ) -> None:
     """Report loss, bits per character and perplexity of a model on held-out text.
 
     Under torchrun the --streams pieces are shared among the ranks; the result is the same.
+    With --dynamic, the static and the dynamic figures side by side, and the gain.
     """
     from charrnn import distributed
     from charrnn.evaluate import evaluate_run
 
     if streams < 1:
         raise CharrnnError(f"--streams must be at least 1, got {streams}")
-    rows = evaluate_run(run, text or [], encoding=encoding, streams=streams, baselines=baselines, device=device)
+    settings = _dynamic_settings(dynamic, dynamic_segment, dynamic_lr, dynamic_decay, dynamic_method)
+    rows = evaluate_run(
+        run, text or [], encoding=encoding, streams=streams, baselines=baselines, device=device, dynamic=settings
+    )
     if not distributed.is_main_process():
         return  # under torchrun every rank scores its share; rank 0 reports
     if as_json:
@@ -217,6 +264,11 @@ def score(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines, one record per line.")] = False,
     encoding: Annotated[str, typer.Option(help="Encoding of TEXT_FILE.")] = "utf-8",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dynamic: DynamicFlag = False,
+    dynamic_segment: DynamicSegment = None,
+    dynamic_lr: DynamicLr = None,
+    dynamic_decay: DynamicDecay = None,
+    dynamic_method: DynamicMethod = None,
 ) -> None:
     """Bits per character of each line of a text, and its most surprising character: find the odd lines.
 
@@ -226,8 +278,17 @@ def score(
     """
     from charrnn.line_scores import score_file, scores_table
 
+    settings = _dynamic_settings(dynamic, dynamic_segment, dynamic_lr, dynamic_decay, dynamic_method)
     scores = score_file(
-        run, text_file, whole=whole, independent=independent, sort=sort, top=top, encoding=encoding, device=device
+        run,
+        text_file,
+        whole=whole,
+        independent=independent,
+        sort=sort,
+        top=top,
+        encoding=encoding,
+        device=device,
+        dynamic=settings,
     )
     if as_json:
         for record in scores:
@@ -271,6 +332,18 @@ def sample(
     ] = False,
     output: Annotated[Optional[Path], typer.Option(help="Write the samples to this file instead of stdout.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
+    adapt: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Read this document by dynamic evaluation (the weights, a copy, learn from it), then "
+            "continue it: primed with its end (and --prime), from the adapted weights.",
+            show_default=False,
+        ),
+    ] = None,
+    adapt_only_state: Annotated[
+        bool,
+        typer.Option("--adapt-only-state", help="--adapt, for comparison: primed with its end, weights as trained."),
+    ] = False,
 ) -> None:
     """Generate text from a trained model; from a --lines run, whole examples, one a line (and a
     line on stderr counting the examples that are new and those that copy a corpus line)."""
@@ -283,15 +356,18 @@ def sample(
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or ())
     model = load(run, device)
     _check_lines_flags(model.lines, run, unique=unique, novel=novel)
+    model, context = _adapted(model, adapt, adapt_only_state)
     live = output is None and num_samples == 1 and not as_json and not model.lines  # shown as it is made
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always", CharrnnWarning)
         if model.lines:
             made = model.examples(num_samples, prime, unique=unique, novel=novel, length=length, **settings)
         elif live:
-            pieces = model.stream(prime, length=500 if length is None else length, **settings)
+            pieces = model.stream(context + prime, length=500 if length is None else length, **settings)
         else:
-            made = model.generate(prime, 500 if length is None else length, num_samples=num_samples, **settings)
+            made = model.generate(
+                context + prime, 500 if length is None else length, num_samples=num_samples, **settings
+            )
     if live:
         _show_live(prime, pieces)
     else:
@@ -300,6 +376,24 @@ def sample(
     _relay(notes, CharrnnWarning)
     if model.lines:
         print(f"charrnn: {made.summary()}", file=sys.stderr)
+
+
+def _adapted(model: Any, adapt: Path | None, only_state: bool) -> tuple[Any, str]:
+    """--adapt: the model that read the document (or, --adapt-only-state, the model as trained),
+    and the document's end, which primes it (before --prime; not printed)."""
+    if adapt is None:
+        if only_state:
+            raise CharrnnError("--adapt-only-state is an option of --adapt: name the document with --adapt")
+        return model, ""
+    if model.lines:
+        raise CharrnnError("--adapt continues a document: a --lines run draws whole examples instead")
+    from charrnn.data.corpus import find_corpus
+    from charrnn.inference import adapt_context
+
+    text = find_corpus([str(adapt)]).read_text()
+    if not text:
+        raise CharrnnError(f"{adapt} is empty: there is nothing to adapt to")
+    return (model if only_state else model.adapt(text)), adapt_context(text)
 
 
 def _check_lines_flags(lines: bool, run: Path, *, unique: bool, novel: bool) -> None:
@@ -622,8 +716,14 @@ def viz(
     max_chars: Annotated[int, typer.Option(help="Explain the first N characters of the text.")] = 5000,
     encoding: Annotated[str, typer.Option(help="Encoding of TEXT_FILE.")] = "utf-8",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dynamic: DynamicFlag = False,
+    dynamic_segment: DynamicSegment = None,
+    dynamic_lr: DynamicLr = None,
+    dynamic_decay: DynamicDecay = None,
+    dynamic_method: DynamicMethod = None,
 ) -> None:
-    """Show what each character of a text cost the model, and what its units track, on one HTML page."""
+    """Show what each character of a text cost the model, and what its units track, on one HTML page.
+    With --dynamic the page can colour each character by its static or its dynamic bits."""
     from charrnn.viz import check_output, default_page, explain_run, json_document, write_page
     from charrnn.viz.term import COLOR_CHOICES, print_term
 
@@ -632,9 +732,10 @@ def viz(
     if term and as_json:
         raise CharrnnError("--term and --json both print to standard output: choose one")
     page = html if html is not None or term or as_json else default_page(run)
+    settings = _dynamic_settings(dynamic, dynamic_segment, dynamic_lr, dynamic_decay, dynamic_method)
     if page is not None:
         check_output(page)
-    expl = explain_run(run, text_file, max_chars=max_chars, encoding=encoding, device=device)
+    expl = explain_run(run, text_file, max_chars=max_chars, encoding=encoding, device=device, dynamic=settings)
     if page is not None:
         write_page(expl, page)
         print(f"wrote {page}: open it in a browser", file=sys.stderr if as_json else sys.stdout)

@@ -175,23 +175,16 @@ def train_summary(result: TrainResult) -> Table:
 
 
 def eval_table(rows: list[tuple[str, dict[str, Any]]]) -> Table:
-    table = Table(title="evaluation (full stateful pass)")
-    for name in (
-        "text",
-        "chars",
-        "unknown",
-        "loss/token",
-        "nats/char",
-        "bits/char",
-        "perplexity",
-        "gzip",
-        "bzip2",
-        "xz",
-    ):
+    """`charrnn eval`'s table; with --dynamic, the dynamic bits per character and the gain beside the static."""
+    dynamic = any("dynamic" in r for _, r in rows)
+    table = Table(title="evaluation (full stateful pass)" + (": static and dynamic" if dynamic else ""))
+    names = ["text", "chars", "unknown", "loss/token", "nats/char", "bits/char", "perplexity"]
+    names += ["dynamic bits/char", "gain"] if dynamic else []
+    for name in (*names, "gzip", "bzip2", "xz"):
         table.add_column(name, justify="left" if name == "text" else "right")
     for name, r in rows:
         base = r.get("baselines_bits_per_char", {})
-        table.add_row(
+        cells = [
             Text(name),  # a file name, never markup
             f"{r['chars']:,}",
             f"{r['unknown']:,}",
@@ -199,6 +192,8 @@ def eval_table(rows: list[tuple[str, dict[str, Any]]]) -> Table:
             f"{r['nats_per_char']:.4f}",
             f"{r['bits_per_char']:.4f}",
             f"{r['perplexity']:.3f}",
-            *(f"{base[k]:.3f}" if k in base else "-" for k in ("gzip", "bzip2", "xz")),
-        )
+        ]
+        if dynamic:
+            cells += [f"{r['dynamic']['bits_per_char']:.4f}", f"{r['dynamic_gain']:+.2%}"]
+        table.add_row(*cells, *(f"{base[k]:.3f}" if k in base else "-" for k in ("gzip", "bzip2", "xz")))
     return table

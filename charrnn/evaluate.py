@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # torch is imported by the functions that compute: EvalResult
     from charrnn.data.dataset import Split
     from charrnn.data.tokenizers import Tokenizer
     from charrnn.distributed import Ranks
+    from charrnn.dynamic import Adapter, DynamicSettings
     from charrnn.model import RNNLanguageModel
 
 
@@ -78,6 +79,7 @@ def evaluate(
     window: int = WINDOW,
     autocast: bool = False,
     ranks: Ranks | None = None,
+    adapter: Adapter | None = None,
 ) -> EvalResult:
     """Score `split`. `streams=1` is the exact protocol (one state carried from the first token);
     more streams cut the text into that many contiguous pieces scored side by side, each starting
@@ -86,6 +88,9 @@ def evaluate(
     With `ranks` (under torchrun; every rank calls this) rank r scores pieces r, r+N, r+2N, ...
     and the summed losses are added up across ranks: every rank gets the number one process gets
     with the same `streams`, up to float rounding. With streams=1 rank 0 does all the work.
+
+    With an `adapter` (`charrnn.dynamic`) the text is scored by dynamic evaluation: one stream,
+    one process, the adapter's weights learning from each segment after scoring it.
     """
     import torch
 
@@ -101,6 +106,12 @@ def evaluate(
     total = torch.zeros((), dtype=torch.float64, device=device)
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
     mine = (torch.arange(streams) * piece)[rank::world]
+    if adapter is not None:
+        if streams > 1 or world > 1:
+            raise CharrnnError("dynamic evaluation reads the text as one stream, in one process: not with --streams")
+        for part in adapter.windows(tokens, n - 1, autocast=autocast):
+            total += part.nll().double().sum()
+        mine = mine[:0]
     if mine.numel():
         total += _summed_nll(model, tokens, mine, piece, window, autocast)
     rest_start = streams * piece
@@ -111,12 +122,16 @@ def evaluate(
         ranks.sum(total)
     model.train(was_training)
     unknown = int((tokens == tokenizer.unk_id).sum()) if tokenizer.unk_id is not None else 0
-    # Characters predicted: all but those the first token, which nothing predicts, completes by
-    # itself. A stream decoder yields only complete characters: a lone lead byte of a multi-byte
-    # character completes none (the tokens after it predict the rest of it), <unk> stands for one.
-    first = len(tokenizer.stream_decoder().push([int(tokens[0])]))
-    chars = split.num_chars - min(first, split.num_chars)
+    chars = predicted_chars(split, tokenizer)
     return EvalResult(float(total), n - 1, chars, unknown, "bf16" if autocast else "fp32")
+
+
+def predicted_chars(split: Split, tokenizer: Tokenizer) -> int:
+    """Characters predicted: all but those the first token, which nothing predicts, completes by
+    itself. A stream decoder yields only complete characters: a lone lead byte of a multi-byte
+    character completes none (the tokens after it predict the rest of it), <unk> stands for one."""
+    first = len(tokenizer.stream_decoder().push([int(split.tokens[0])]))
+    return split.num_chars - min(first, split.num_chars)
 
 
 def _summed_nll(
@@ -161,9 +176,11 @@ def evaluate_run(
     streams: int = 1,
     baselines: bool = True,
     device: str = "auto",
+    dynamic: DynamicSettings | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Score a run's best checkpoint on `texts` (files or '-'), or on its own validation and test splits,
-    in the precision the run trained in (`eval_precision`).
+    in the precision the run trained in (`eval_precision`). With `dynamic`, each row also holds
+    the figures of dynamic evaluation (`dynamic`) and the fraction of bits it saves (`dynamic_gain`).
 
     Under torchrun every rank reads the checkpoint and the text and scores its share of the
     `streams` pieces; all ranks return the same numbers, only rank 0 the compressor baselines.
@@ -171,7 +188,11 @@ def evaluate_run(
     from charrnn import distributed
 
     with distributed.session() as ranks:
-        return _evaluate_run(run, texts, encoding, streams, baselines, device, ranks)
+        if dynamic is not None and (streams > 1 or ranks.world > 1):
+            raise CharrnnError(
+                "--dynamic reads each text as one stream, in one process: not with --streams or torchrun"
+            )
+        return _evaluate_run(run, texts, encoding, streams, baselines, device, ranks, dynamic)
 
 
 def _evaluate_run(
@@ -182,6 +203,7 @@ def _evaluate_run(
     baselines: bool,
     device: str,
     ranks: Ranks,
+    dynamic: DynamicSettings | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     from charrnn.checkpoint import load_checkpoint, model_from_checkpoint, train_config_of
     from charrnn.data.corpus import find_corpus
@@ -211,6 +233,7 @@ def _evaluate_run(
         if not pieces:
             raise CharrnnError("the run has no validation or test split: pass TEXT to evaluate on")
     rows = []
+    stats: dict[str, Any] = {}  # dynamic evaluation's gradient statistics, once for all texts
     for name, split, text in pieces:
         if split.tokens.numel() < 2:  # no character to predict: refused, as `charrnn score` refuses it
             raise CharrnnError(f"{name} is one token long, and the first token is predicted by nothing")
@@ -219,5 +242,30 @@ def _evaluate_run(
         row: dict[str, Any] = result.as_dict()
         if baselines and ranks.is_main:
             row["baselines_bits_per_char"] = compression_baselines(text or "")
+        if dynamic is not None:
+            row.update(_dynamic_row(model, payload, split, tokenizer, dynamic, autocast, result, stats))
         rows.append((name, row))
     return rows
+
+
+def _dynamic_row(
+    model: RNNLanguageModel,
+    payload: dict[str, Any],
+    split: Split,
+    tokenizer: Tokenizer,
+    settings: DynamicSettings,
+    autocast: bool,
+    static: EvalResult,
+    stats: dict[str, Any],
+) -> dict[str, Any]:
+    """The dynamic figures of one text, from a fresh adapter (the gradient statistics computed
+    once per call, kept in `stats`), and the fraction of the static bits they save."""
+    from charrnn.dynamic import adapter_of_run
+
+    adapter = adapter_of_run(model, payload, settings, stats=stats.get("ms"))
+    if settings.method == "rms":
+        stats["ms"] = adapter.stats
+    result = evaluate(model, split, tokenizer, autocast=autocast, adapter=adapter)
+    refuse_non_finite(result.nll)
+    gain = 1 - result.bits_per_char / static.bits_per_char if static.bits_per_char > 0 else math.nan
+    return {"dynamic": {**result.as_dict(), "settings": settings.as_dict()}, "dynamic_gain": gain}

@@ -36,6 +36,7 @@ from charrnn.text_pass import WINDOW
 
 if TYPE_CHECKING:
     from charrnn.data.tokenizers import Tokenizer
+    from charrnn.dynamic import DynamicSettings
     from charrnn.inference import Model
     from charrnn.model import RNNLanguageModel, State
 
@@ -118,11 +119,18 @@ def iter_line_scores(
     independent: bool = False,
     keep_text: bool = True,
     name: str = "the text",
+    dynamic: DynamicSettings | None = None,
 ) -> Iterator[LineScore]:
     """The line records of the text that `chunks` (consecutive parts, cut anywhere) spell out, each
     as soon as its line is scored. An empty text, one the model knows no character of, or one too
-    short to predict anything is a CharrnnError, raised before any record comes out."""
-    pieces = _independent_bits(model, _lines(chunks)) if independent else _stateful_bits(model, chunks)
+    short to predict anything is a CharrnnError, raised before any record comes out. With
+    `dynamic`, scored by dynamic evaluation (`Model.score(text, dynamic=...)`, the text held whole)."""
+    if dynamic is not None:
+        if independent:
+            raise CharrnnError("--dynamic learns from the lines before: it does not go with --independent")
+        pieces = _dynamic_bits(model, chunks, dynamic)
+    else:
+        pieces = _independent_bits(model, _lines(chunks)) if independent else _stateful_bits(model, chunks)
     tally = _Tally(keep_text)
     records = (record for piece in pieces for record in tally.add(*piece))
     yield from _checked(itertools.chain(records, tally.close()), tally, name)
@@ -172,9 +180,18 @@ class FileScores:
     (all lines, whatever `top` keeps) is there once they have been."""
 
     def __init__(
-        self, records: Iterator[LineScore], *, name: str, whole: bool, independent: bool, sort: bool, top: int | None
+        self,
+        records: Iterator[LineScore],
+        *,
+        name: str,
+        whole: bool,
+        independent: bool,
+        sort: bool,
+        top: int | None,
+        dynamic: bool = False,
     ) -> None:
         self.name, self.whole, self.independent, self.sorted = name, whole, independent, sort or top is not None
+        self.dynamic = dynamic
         self._records, self._top = records, top
         self._total: LineScore | None = None
 
@@ -211,6 +228,7 @@ def score_file(
     top: int | None = None,
     encoding: str = "utf-8",
     device: str = "auto",
+    dynamic: DynamicSettings | None = None,
 ) -> FileScores:
     """`charrnn score`: the records of `text_file` (a file, or '-' for standard input; default:
     the run's validation text, the one `charrnn eval` and `viz` read) under the run's best model.
@@ -220,6 +238,8 @@ def score_file(
         raise CharrnnError("--sort and --top order lines: they do not go with --whole")
     if whole and independent:
         raise CharrnnError("--independent scores each line apart: it does not go with --whole")
+    if dynamic is not None and independent:
+        raise CharrnnError("--dynamic learns from the lines before: it does not go with --independent")
     if top is not None and top < 1:
         raise CharrnnError(f"--top must be at least 1, got {top}")
     from charrnn.data.corpus import find_corpus
@@ -234,11 +254,23 @@ def score_file(
         corpus = find_corpus([text_file], encoding=encoding)  # missing, unreadable, binary: refused here
         model = load(run, device=device)
         chunks, name = corpus.chunks(), "standard input" if text_file == "-" else text_file
-    records = iter_line_scores(model, chunks, independent=independent, keep_text=not whole, name=name)
-    return FileScores(records, name=name, whole=whole, independent=independent, sort=sort, top=top)
+    records = iter_line_scores(model, chunks, independent=independent, keep_text=not whole, name=name, dynamic=dynamic)
+    return FileScores(
+        records, name=name, whole=whole, independent=independent, sort=sort, top=top, dynamic=dynamic is not None
+    )
 
 
 # --- per-character bits, in pieces --------------------------------------------------------------
+
+
+def _dynamic_bits(model: Model, chunks: Iterable[str], dynamic: DynamicSettings) -> Iterator[Bits]:
+    """Every character's bits by dynamic evaluation, the text in one piece: its segments, and so
+    its figures, are those of `charrnn eval --dynamic` on the same text."""
+    text = "".join(chunks)
+    if not text:
+        return
+    score = model.score(text, top_k=0, dynamic=dynamic)
+    yield text, score.bits, score.unknown
 
 
 def _stateful_bits(model: Model, chunks: Iterable[str]) -> Iterator[Bits]:
@@ -463,6 +495,7 @@ def scores_table(scores: FileScores) -> Any:
 
     records, whole = list(scores), scores.whole
     how = "each line on its own" if scores.independent else "lines in context, the state carried"
+    how += ", by dynamic evaluation" if scores.dynamic else ""
     order = ", most bits per character first" if scores.sorted else ""
     table = Table(title=f"{scores.name}: {how}{order}", caption=_caption(scores), caption_justify="left")
     first = "lines" if whole else "line"
@@ -496,7 +529,7 @@ def _caption(scores: FileScores) -> str:
     summed = scores.total
     bpc = summed.bits_per_char
     figure = "-" if math.isnan(bpc) else f"{bpc:.4f}"
-    source = "" if scores.independent else " (charrnn eval's figure)"
+    source = "" if scores.independent else f" (charrnn eval{' --dynamic' if scores.dynamic else ''}'s figure)"
     return (
         f"All {summed.lines:,} lines: {summed.chars:,} characters, {summed.predicted:,} predicted, "
         f"{summed.bits:,.1f} bits, {figure} bits per character{source}.\n"

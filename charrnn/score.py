@@ -26,8 +26,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from charrnn.errors import CharrnnError
+
 if TYPE_CHECKING:
     from charrnn.data.tokenizers import Tokenizer
+    from charrnn.dynamic import Adapter
     from charrnn.model import RNNLanguageModel
 
 Predictions = list[tuple[str, float]]
@@ -163,12 +166,15 @@ def score_text(
     top_k: int = 5,
     activations: bool = False,
     autocast: bool = False,
+    adapter: Adapter | None = None,
 ) -> Score:
-    """Score every character of `text` (non-empty) in one stateful pass; see the module docstring."""
+    """Score every character of `text` (non-empty) in one stateful pass; see the module docstring.
+    With an `adapter` (`charrnn.dynamic`), by dynamic evaluation: the adapter's weights, learning
+    from each segment after scoring it (no activations then)."""
     from charrnn.text_pass import refuse_non_finite
 
     ids = tokenizer.encode(text).numpy()
-    token_bits, top_ids, top_probs, states = _token_scores(model, ids, top_k, activations, autocast)
+    token_bits, top_ids, top_probs, states = _token_scores(model, ids, top_k, activations, autocast, adapter)
     refuse_non_finite(token_bits[1:])
     chars = char_bits(tokenizer, ids, text, token_bits, opening=True)
     labels = token_labels(tokenizer)
@@ -185,7 +191,7 @@ def score_text(
 
 
 def _token_scores(
-    model: RNNLanguageModel, ids: np.ndarray, top_k: int, activations: bool, autocast: bool
+    model: RNNLanguageModel, ids: np.ndarray, top_k: int, activations: bool, autocast: bool, adapter: Adapter | None
 ) -> tuple[np.ndarray, list[list[int]], list[list[float]], tuple[np.ndarray, np.ndarray | None] | None]:
     """Per token: its bits (NaN for the first) and the top-k ids and probabilities of the
     distribution that predicted it (from token 1 on); with `activations`, every layer's state
@@ -203,10 +209,14 @@ def _token_scores(
     bits, top_ids, top_probs, hidden, cell = [np.array([math.nan])], [], [], [], []
     was_training = model.training
     model.eval()
+    if adapter is None:
+        parts = windows(model, tokens, torch.tensor([0]), targets_wanted, autocast=autocast, activations=activations)
+    elif activations:
+        raise CharrnnError("dynamic evaluation gives each character's bits, not the states: not with activations")
+    else:
+        parts = adapter.windows(tokens, targets_wanted, autocast=autocast)
     try:
-        for part in windows(
-            model, tokens, torch.tensor([0]), targets_wanted, autocast=autocast, activations=activations
-        ):
+        for part in parts:
             bits.append(part.bits()[:, 0])
             probs, chosen = torch.softmax(part.logits[:, 0], dim=-1).topk(k, dim=-1)  # (width, k)
             top_ids += chosen.tolist()

@@ -33,13 +33,15 @@ LN2 = math.log(2)
 @dataclass(frozen=True)
 class Window:
     """One window of a pass: logits (width, S, V) float32 predicting targets (width, S); the state
-    after it; with activations, hidden and cell (width, S, layers, H) after each input (cell: LSTM only)."""
+    after it; with activations, hidden and cell (width, S, layers, H) after each input (cell: LSTM only);
+    with grad, `graph`: the same logits again from a forward that records a graph, for the gradient."""
 
     logits: torch.Tensor
     targets: torch.Tensor
     state: State
     hidden: torch.Tensor | None = None
     cell: torch.Tensor | None = None
+    graph: torch.Tensor | None = None
 
     def nll(self) -> torch.Tensor:
         """Negative log-likelihood (nats, float32) of every target, (width, S)."""
@@ -48,6 +50,12 @@ class Window:
     def bits(self) -> np.ndarray:
         """-log2 p of every target, (width, S) float64 on the host."""
         return self.nll().double().cpu().numpy() / LN2
+
+    def graph_loss(self) -> torch.Tensor:
+        """The mean NLL (nats) of the targets, from `graph` (a pass with grad): what a step descends."""
+        if self.graph is None:
+            raise ValueError("this window was made without grad: it has no graph")
+        return token_nll(self.graph, self.targets).mean()
 
 
 def windows(
@@ -65,9 +73,13 @@ def windows(
     """Stream s reads tokens[starts[s] : starts[s] + length + 1] (its inputs, then its targets one
     later) from `state` (None: zeros), in windows; a grid of equal streams is its flattened rows.
 
-    With `grad` each window's forward records a graph, for a caller that takes a gradient step on
-    it before asking for the next (dynamic evaluation, `charrnn.dynamic`): the state carried into
-    a window is detached, so a window's gradient ends at its start and memory stays one window's."""
+    With `grad` each window also gives `graph`, its logits from a second forward that records a
+    graph, for a caller that takes a gradient step on it before asking for the next window (dynamic
+    evaluation, `charrnn.dynamic`). That forward starts from the carried state detached, so the
+    gradient ends at the window's start and memory stays one window's. The figures and the state
+    still come from the forward without grad: torch's CPU LSTM kernels differ between the two
+    modes in float32's last bits, and a model whose weights do not change then scores exactly
+    as the static pass scores."""
     import torch
 
     from charrnn.model import detach_state
@@ -85,11 +97,13 @@ def windows(
         if step is not None:
             yield step.window(chunk)
             continue
-        if grad and state is not None:
-            state = detach_state(state)
-        with torch.set_grad_enabled(grad), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits, _, state = model(chunk[:-1], state)
-        yield Window(logits.float(), chunk[1:], state)
+        graph = None
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            if grad:
+                graph = model(chunk[:-1], None if state is None else detach_state(state))[0].float()
+            with torch.no_grad():
+                logits, _, state = model(chunk[:-1], state)
+        yield Window(logits.float(), chunk[1:], state, graph=graph)
 
 
 class _Stepper:

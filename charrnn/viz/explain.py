@@ -102,6 +102,7 @@ class Explanation:
     whole: WholeText | None = None  # the whole text's figures, where `chars` is an excerpt of it
     ranked: list[RankedUnit] = field(default_factory=list)
     strength: np.ndarray | None = None  # (units,) each unit's strongest |r| with any property
+    dynamic_bits: np.ndarray | None = None  # (N,) with --dynamic: the bits by dynamic evaluation
 
     @property
     def predicted(self) -> int:
@@ -131,10 +132,12 @@ def records(expl: Explanation) -> list[dict[str, Any]]:
     out = []
     for i, ch in enumerate(expl.chars):
         bits = float(expl.bits[i])
+        dynamic = {} if expl.dynamic_bits is None else {"dynamic_bits": _number(float(expl.dynamic_bits[i]))}
         out.append(
             {
                 "char": ch,
                 "bits": None if math.isnan(bits) else bits,
+                **dynamic,
                 "probability": None if math.isnan(bits) else 2.0**-bits,
                 "rank": int(expl.rank[i]) or None,
                 "unknown": bool(expl.unknown[i]),
@@ -144,12 +147,22 @@ def records(expl: Explanation) -> list[dict[str, Any]]:
     return out
 
 
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
 def summary(expl: Explanation) -> dict[str, Any]:
     """The figures: `bits_per_char` and `baselines` on the characters shown (`chars` of them), and
-    `whole` (the same on all `total_chars`; null when all are shown)."""
+    `whole` (the same on all `total_chars`; null when all are shown); with --dynamic,
+    `dynamic_bits_per_char` on the characters shown."""
     bpc = expl.bits_per_char
+    dynamic = {}
+    if expl.dynamic_bits is not None:
+        known = ~np.isnan(expl.dynamic_bits)
+        dynamic["dynamic_bits_per_char"] = float(expl.dynamic_bits[known].mean()) if known.any() else None
     return {
         "bits_per_char": None if math.isnan(bpc) else bpc,
+        **dynamic,
         "chars": len(expl.chars),
         "predicted": expl.predicted,
         "unknown": expl.num_unknown,
@@ -169,6 +182,9 @@ def _records_data(expl: Explanation) -> dict[str, Any]:
     return {
         "chars": expl.chars,
         "bits": [None if math.isnan(b) else round(float(b), 7) for b in expl.bits],
+        "dynamic_bits": None
+        if expl.dynamic_bits is None
+        else [None if math.isnan(b) else round(float(b), 7) for b in expl.dynamic_bits],
         "rank": [int(r) for r in expl.rank],
         "unknown": [int(i) for i in np.flatnonzero(expl.unknown)],
         "vocab": list(vocab),

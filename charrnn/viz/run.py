@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ ACTIVATION_LIMIT = 2 << 30
 
 if TYPE_CHECKING:
     from charrnn.data.dataset import Split
+    from charrnn.dynamic import DynamicSettings
     from charrnn.inference import Model
 
 
@@ -26,10 +28,12 @@ def explain_run(
     max_chars: int = DEFAULT_MAX_CHARS,
     encoding: str = "utf-8",
     device: str = "auto",
+    dynamic: DynamicSettings | None = None,
 ) -> Explanation:
     """Score the first `max_chars` characters of `text_file` (a file, or '-' for standard input;
     default: the run's validation text) with the run's best model, and explain them. Where that is
-    an excerpt, the whole text is scored too, as `charrnn eval` scores it (`Explanation.whole`)."""
+    an excerpt, the whole text is scored too, as `charrnn eval` scores it (`Explanation.whole`).
+    With `dynamic`, each character's bits by dynamic evaluation too (`Explanation.dynamic_bits`)."""
     if max_chars < 1:
         raise CharrnnError(f"--max-chars must be at least 1, got {max_chars}")
     from charrnn.inference import load
@@ -47,7 +51,10 @@ def explain_run(
     if len(whole) > len(text):
         source += f", its first {len(text):,} of {len(whole):,} characters"
         figures = whole_text_figures(model, whole, split)
-    return explain_text(model, text, title=_title(run), source=source, total_chars=len(whole), whole=figures)
+    expl = explain_text(model, text, title=_title(run), source=source, total_chars=len(whole), whole=figures)
+    if dynamic is None:
+        return expl
+    return replace(expl, dynamic_bits=model.score(text, top_k=0, dynamic=dynamic).bits)
 
 
 def _title(run: Path) -> str:
