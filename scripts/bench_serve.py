@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--soak-clients", type=int, default=32, help="clients per soak round")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
+    measured = machine()  # the commit now, before the run: others may commit while it runs
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or train_cpu_model(Path(tmp))
         proc, url = start_server(run)
@@ -148,7 +149,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-    print(f"{machine()}\n`python scripts/bench_serve.py {' '.join(sys.argv[1:])}`\n")
+    print(f"{measured}\n`python scripts/bench_serve.py {' '.join(sys.argv[1:])}`\n")
     print(
         "| clients | aggregate chars/s | × one client | TTFC p50 ms | TTFC p99 ms | per-client chars/s | ÷ one client |"
     )

@@ -331,10 +331,12 @@ def test_an_api_key_is_checked_on_every_request_and_a_time_limit_ends_a_request(
             openai.OpenAI(base_url=keyed.url + "/v1", api_key="nope", max_retries=0).models.list()
 
 
-def test_the_command_refuses_an_open_address_without_a_key_and_a_missing_extra(run: Path) -> None:
+def test_the_command_refuses_an_open_address_without_a_key_and_a_missing_extra(
+    run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     done = run_in_process("serve", str(run), "--host", "0.0.0.0", env={"CHARRNN_API_KEY": ""})
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "API key" in done.stderr, done.stderr
-    os.environ.pop("CHARRNN_API_KEY", None)
+    monkeypatch.delenv("CHARRNN_API_KEY", raising=False)
     done = run_in_process("serve", str(run), "--host", "0.0.0.0")
     assert done.returncode == 1 and "reachable from other machines" in done.stderr, done.stderr
     done = run_in_process("serve", str(run), "--max-streams", "0")
