@@ -13,9 +13,9 @@ the same text; beside other streams the matrix products run over more rows, whic
 last bit differently and so, rarely, flip a near tie (docs/serving.md).
 
 The engine is a task on the server's event loop, not a thread: between two steps the loop
-serves every connection, and no thread of it waits for the GIL behind a stepping thread (on two
-cores, a stepping thread held back the loop's many short turns by the interpreter's switch
-interval each, and 32 clients got tens of characters a second). Nothing here imports torch or
+serves every connection, and it never waits for the GIL behind a stepping thread, which held up
+each of its many short turns (on two cores, 32 clients: 9,379 chars/s with a stepping thread,
+15,757 on the loop; docs/performance.md). Nothing here imports torch or
 the web stack: requests come in as `Job`s, text goes out through their `post` callback.
 """
 
