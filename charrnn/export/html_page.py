@@ -31,7 +31,9 @@ def check_page_model(source: Source) -> None:
 
 def page_data(source: Source, precision: str) -> dict[str, Any]:
     """What the page embeds, each precision's cost measured (three passes over the held-out text)."""
-    stored, _ = encode_all(source.weights, precision)
+    # Tied weights: the head is the embedding, stored once.
+    kept = {k: v for k, v in source.weights.items() if not (source.config.tie_weights and k == "head.weight")}
+    stored, _ = encode_all(kept, precision)
     return {
         "model": describe(source.config, source.tokenizer, lines=source.lines),
         "title": source.path.parent.name or str(source.path),
