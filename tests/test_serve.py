@@ -148,7 +148,7 @@ def test_concurrent_requests_share_one_batched_step(client: openai.OpenAI, serve
     texts: dict[int, str] = {}
 
     def ask(i: int) -> None:
-        chunks = client.completions.create(model="run", prompt=PROMPT, max_tokens=400, seed=i, stream=True)
+        chunks = client.completions.create(model="run", prompt=PROMPT, max_tokens=2000, seed=i, stream=True)
         texts[i] = "".join(c.choices[0].text for c in chunks)
 
     server.engine.widest = 0
@@ -157,7 +157,7 @@ def test_concurrent_requests_share_one_batched_step(client: openai.OpenAI, serve
         thread.start()
     for thread in threads:
         thread.join(20)
-    assert sorted(texts) == [0, 1, 2, 3] and all(len(t) == 400 for t in texts.values())
+    assert sorted(texts) == [0, 1, 2, 3] and all(len(t) == 2000 for t in texts.values())
     assert server.engine.widest > 1  # they were stepped together
     assert _idle(server)
 
