@@ -248,6 +248,16 @@ def test_without_onnx_installed_the_error_says_what_to_install(
     assert "pip install 'charrnn[export]'" in err and not (tmp_path / "m.onnx").exists()
 
 
+def test_weights_too_big_for_one_onnx_file_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from charrnn.errors import CharrnnError
+    from charrnn.export import onnx_graph
+
+    monkeypatch.setattr(onnx_graph, "MAX_BYTES", 1000)
+    weights = {"embed.weight": np.zeros((20, 20), np.float32)}
+    with pytest.raises(CharrnnError, match="1,600 bytes in float32: more than one ONNX file holds"):
+        onnx_graph.onnx_bytes(None, weights, {})  # type: ignore[arg-type]
+
+
 # --- the page's weights ------------------------------------------------------------------------
 
 

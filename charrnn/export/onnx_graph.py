@@ -26,6 +26,7 @@ METADATA_KEY = "charrnn"
 GATE_ORDER = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}
 OPERATOR = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
+MAX_BYTES = (2 << 30) - (64 << 20)  # protobuf's limit on one message, less room for the graph itself
 MISSING = "onnx is not installed: pip install 'charrnn[export]' (onnx and onnxruntime)"
 
 
@@ -121,4 +122,7 @@ def onnx_bytes(cfg: ModelConfig, weights: dict[str, np.ndarray], description: di
         import onnx  # noqa: F401
     except ImportError:
         raise CharrnnError(MISSING) from None
+    size = sum(np.asarray(array).size * 4 for array in weights.values())
+    if size > MAX_BYTES:
+        raise CharrnnError(f"the weights take {size:,} bytes in float32: more than one ONNX file holds (2 GiB)")
     return build_graph(cfg, weights, description).SerializeToString()
