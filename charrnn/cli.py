@@ -779,9 +779,9 @@ def serve(
     time_limit: Annotated[float, typer.Option(help="Seconds a request may take, waiting included.")] = _limit_default(
         "time_limit"
     ),
-    body_timeout: Annotated[float, typer.Option(help="Seconds a client may take to send its body.")] = _limit_default(
-        "body_timeout"
-    ),
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a client may take to send a request's head, and its body.")
+    ] = _limit_default("body_timeout"),
     grace: Annotated[float, typer.Option(help="Seconds streams in flight get on SIGINT/SIGTERM.")] = _limit_default(
         "grace"
     ),

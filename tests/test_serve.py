@@ -244,6 +244,28 @@ def test_a_slow_client_gets_408_while_others_are_served(server: Started, client:
     assert time.monotonic() - started_at < LIMITS.body_timeout + 3
 
 
+def test_a_client_slow_to_send_its_head_is_cut_off_while_others_are_served(
+    server: Started, client: openai.OpenAI
+) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+        started_at = time.monotonic()
+        closed = False
+        for i in range(80):  # a header byte every 0.1 s: the head never completes
+            assert i != 10 or client.completions.create(model="run", prompt="a", max_tokens=5).choices[0].text
+            try:
+                slow.sendall(b"GET /v1/models HTTP/1.1\r\nX-Slow: "[i : i + 1] or b"a")
+                slow.settimeout(0.1)
+                closed = slow.recv(4096) == b""
+            except TimeoutError:
+                continue
+            except OSError:  # reset: closed too
+                closed = True
+            if closed:
+                break
+    assert closed and time.monotonic() - started_at < LIMITS.body_timeout + 3
+
+
 def test_full_is_429_a_waiting_request_gets_in_and_a_client_that_leaves_frees_its_streams(
     server: Started, client: openai.OpenAI
 ) -> None:

@@ -27,6 +27,7 @@ from charrnn.inference import Model
 from charrnn.serve.app import create_app
 from charrnn.serve.batcher import Engine
 from charrnn.serve.limits import Limits
+from charrnn.serve.protocol import with_head_timeout
 
 START_TIMEOUT = 30.0  # seconds uvicorn may take to start listening
 
@@ -101,6 +102,7 @@ def started(run: str | Path, host: str, port: int, api_key: str | None, limits: 
         log_level="warning",
         access_log=False,
         lifespan="on",
+        http=with_head_timeout(limits.body_timeout),
         timeout_keep_alive=5,
         timeout_graceful_shutdown=math.ceil(limits.grace) + 2,
         limit_concurrency=limits.max_streams + limits.max_queue + 64,
