@@ -181,14 +181,19 @@ DynamicMethod = Annotated[
 
 
 def _dynamic_settings(
-    dynamic: bool, segment: int | None, lr: float | None, decay: float | None, method: str | None
+    dynamic: bool,
+    segment: int | None,
+    lr: float | None,
+    decay: float | None,
+    method: str | None,
+    owner: str = "--dynamic",
 ) -> DynamicSettings | None:
     """The settings of --dynamic (None without it); a --dynamic-* option without it is refused."""
     given = {"segment": segment, "lr": lr, "decay": decay, "method": method}
     given = {name: value for name, value in given.items() if value is not None}
     if not dynamic:
         if given:
-            raise CharrnnError(f"--dynamic-{next(iter(given))} is an option of --dynamic: add --dynamic")
+            raise CharrnnError(f"--dynamic-{next(iter(given))} is an option of {owner}: add {owner}")
         return None
     from charrnn.dynamic import DynamicSettings
 
@@ -300,26 +305,41 @@ def score(
         print(f"charrnn: note: {unknown}", file=sys.stderr)
 
 
+SampleLength = Annotated[
+    Optional[int],
+    typer.Option(
+        help="New characters per sample (default 500; on a --lines run, the most per example: "
+        "twice the corpus's longest line, at least 100).",
+        show_default=False,
+    ),
+]
+NumSamples = Annotated[
+    int, typer.Option(help="Samples generated together as one batch (on a --lines run: examples, one a line).")
+]
+Adapt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Read this document by dynamic evaluation (the weights, a copy, learn from it), then "
+        "continue it: primed with its end (and --prime), from the adapted weights.",
+        show_default=False,
+    ),
+]
+AdaptOnlyState = Annotated[
+    bool, typer.Option("--adapt-only-state", help="--adapt, for comparison: primed with its end, weights as trained.")
+]
+
+
 @app.command()
 def sample(
     run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")],
     prime: Annotated[str, typer.Option(help="Text to continue (on a --lines run: the start of every example).")] = "",
     prime_file: Annotated[Optional[Path], typer.Option(help="Read the prime from this file.")] = None,
-    length: Annotated[
-        Optional[int],
-        typer.Option(
-            help="New characters per sample (default 500; on a --lines run, the most per example: "
-            "twice the corpus's longest line, at least 100).",
-            show_default=False,
-        ),
-    ] = None,
+    length: SampleLength = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 = greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = off).")] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass in (0, 1] (1 = off).")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed gives the same text.")] = None,
-    num_samples: Annotated[
-        int, typer.Option(help="Samples generated together as one batch (on a --lines run: examples, one a line).")
-    ] = 1,
+    num_samples: NumSamples = 1,
     stop: Annotated[
         Optional[list[str]], typer.Option(help="Stop a sample where this text appears (repeatable).")
     ] = None,
@@ -332,18 +352,12 @@ def sample(
     ] = False,
     output: Annotated[Optional[Path], typer.Option(help="Write the samples to this file instead of stdout.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
-    adapt: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Read this document by dynamic evaluation (the weights, a copy, learn from it), then "
-            "continue it: primed with its end (and --prime), from the adapted weights.",
-            show_default=False,
-        ),
-    ] = None,
-    adapt_only_state: Annotated[
-        bool,
-        typer.Option("--adapt-only-state", help="--adapt, for comparison: primed with its end, weights as trained."),
-    ] = False,
+    adapt: Adapt = None,
+    adapt_only_state: AdaptOnlyState = False,
+    dynamic_segment: DynamicSegment = None,
+    dynamic_lr: DynamicLr = None,
+    dynamic_decay: DynamicDecay = None,
+    dynamic_method: DynamicMethod = None,
 ) -> None:
     """Generate text from a trained model; from a --lines run, whole examples, one a line (and a
     line on stderr counting the examples that are new and those that copy a corpus line)."""
@@ -356,18 +370,18 @@ def sample(
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or ())
     model = load(run, device)
     _check_lines_flags(model.lines, run, unique=unique, novel=novel)
-    model, context = _adapted(model, adapt, adapt_only_state)
+    options = (dynamic_segment, dynamic_lr, dynamic_decay, dynamic_method)
+    model, context = _adapted(model, adapt, adapt_only_state, options)
+    count = 500 if length is None else length
     live = output is None and num_samples == 1 and not as_json and not model.lines  # shown as it is made
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always", CharrnnWarning)
         if model.lines:
             made = model.examples(num_samples, prime, unique=unique, novel=novel, length=length, **settings)
         elif live:
-            pieces = model.stream(context + prime, length=500 if length is None else length, **settings)
+            pieces = model.stream(context + prime, length=count, **settings)
         else:
-            made = model.generate(
-                context + prime, 500 if length is None else length, num_samples=num_samples, **settings
-            )
+            made = model.generate(context + prime, count, num_samples=num_samples, **settings)
     if live:
         _show_live(prime, pieces)
     else:
@@ -378,9 +392,11 @@ def sample(
         print(f"charrnn: {made.summary()}", file=sys.stderr)
 
 
-def _adapted(model: Any, adapt: Path | None, only_state: bool) -> tuple[Any, str]:
-    """--adapt: the model that read the document (or, --adapt-only-state, the model as trained),
-    and the document's end, which primes it (before --prime; not printed)."""
+def _adapted(model: Any, adapt: Path | None, only_state: bool, options: tuple) -> tuple[Any, str]:
+    """--adapt: the model that read the document (or, --adapt-only-state, the model as trained;
+    `options`: the --dynamic-* values), and the document's end, which primes it (before --prime;
+    not printed)."""
+    dynamic = _dynamic_settings(adapt is not None and not only_state, *options, owner="--adapt")
     if adapt is None:
         if only_state:
             raise CharrnnError("--adapt-only-state is an option of --adapt: name the document with --adapt")
@@ -393,7 +409,7 @@ def _adapted(model: Any, adapt: Path | None, only_state: bool) -> tuple[Any, str
     text = find_corpus([str(adapt)]).read_text()
     if not text:
         raise CharrnnError(f"{adapt} is empty: there is nothing to adapt to")
-    return (model if only_state else model.adapt(text)), adapt_context(text)
+    return (model if dynamic is None else model.adapt(text, dynamic=dynamic)), adapt_context(text)
 
 
 def _check_lines_flags(lines: bool, run: Path, *, unique: bool, novel: bool) -> None:

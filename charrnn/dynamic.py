@@ -68,8 +68,8 @@ class DynamicSettings:
 
 
 def settings_of(dynamic: object) -> DynamicSettings | None:
-    """The API's `dynamic=` argument: False or None (static), True (the defaults) or settings."""
-    if dynamic is None or dynamic is False:
+    """The API's `dynamic=` argument: False (static), True (the defaults) or settings."""
+    if dynamic is False:
         return None
     if dynamic is True:
         return DynamicSettings()
@@ -85,7 +85,7 @@ class Adapter:
     def __init__(self, model: RNNLanguageModel, settings: DynamicSettings, stats: list[torch.Tensor] | None) -> None:
         import torch
 
-        self.settings, self.stats = settings, stats
+        self.settings = settings
         self.net = copy.deepcopy(model).eval()
         self.params = [p for p in self.net.parameters()]  # a tied matrix once
         for p in self.params:
@@ -168,13 +168,25 @@ def gradient_stats(model: RNNLanguageModel, train: torch.Tensor, settings: Dynam
 
 
 def adapter_of_run(
-    model: RNNLanguageModel, payload: dict[str, Any], settings: DynamicSettings, *, stats: list[Any] | None = None
+    model: RNNLanguageModel, payload: dict[str, Any], dynamic: object, cache: dict[tuple[int, int], Any]
 ) -> Adapter:
-    """A fresh adapter of `model`, whose checkpoint `payload` names its training text (rms: its
-    gradient statistics, unless `stats` gives them already)."""
-    if settings.method == "rms" and stats is None:
-        stats = gradient_stats(model, training_tokens(payload), settings)
-    return Adapter(model, settings, stats)
+    """A fresh adapter of `model` (`dynamic`: True or settings), whose checkpoint `payload` names
+    its training text: the rms method's gradient statistics come from it, computed once per
+    segment and token count and kept in `cache`."""
+    settings = settings_of(dynamic)
+    if settings is None:
+        raise CharrnnError("an adapter adapts: dynamic must be True or a DynamicSettings, not False")
+    key = (settings.segment, settings.stats_tokens)
+    if settings.method == "rms" and key not in cache:
+        cache[key] = gradient_stats(model, training_tokens(payload), settings)
+    return Adapter(model, settings, cache.get(key))
+
+
+def adapted_weights(adapter: Adapter, tokens: torch.Tensor, *, autocast: bool = False) -> dict[str, Any]:
+    """The adapter's weights after reading all of `tokens` (each segment scored, then learnt from)."""
+    for _ in adapter.windows(tokens, tokens.numel() - 1, autocast=autocast):
+        pass
+    return adapter.weights()
 
 
 def training_tokens(payload: dict[str, Any]) -> torch.Tensor:

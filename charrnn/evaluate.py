@@ -233,7 +233,7 @@ def _evaluate_run(
         if not pieces:
             raise CharrnnError("the run has no validation or test split: pass TEXT to evaluate on")
     rows = []
-    stats: dict[str, Any] = {}  # dynamic evaluation's gradient statistics, once for all texts
+    stats: dict[tuple[int, int], Any] = {}  # dynamic evaluation's gradient statistics, once for all texts
     for name, split, text in pieces:
         if split.tokens.numel() < 2:  # no character to predict: refused, as `charrnn score` refuses it
             raise CharrnnError(f"{name} is one token long, and the first token is predicted by nothing")
@@ -256,15 +256,13 @@ def _dynamic_row(
     settings: DynamicSettings,
     autocast: bool,
     static: EvalResult,
-    stats: dict[str, Any],
+    stats: dict[tuple[int, int], Any],
 ) -> dict[str, Any]:
     """The dynamic figures of one text, from a fresh adapter (the gradient statistics computed
     once per call, kept in `stats`), and the fraction of the static bits they save."""
     from charrnn.dynamic import adapter_of_run
 
-    adapter = adapter_of_run(model, payload, settings, stats=stats.get("ms"))
-    if settings.method == "rms":
-        stats["ms"] = adapter.stats
+    adapter = adapter_of_run(model, payload, settings, stats)
     result = evaluate(model, split, tokenizer, autocast=autocast, adapter=adapter)
     refuse_non_finite(result.nll)
     gain = 1 - result.bits_per_char / static.bits_per_char if static.bits_per_char > 0 else math.nan

@@ -74,7 +74,69 @@ def load(path: str | os.PathLike[str] | _HasPath, device: str = "auto") -> Model
     return model
 
 
-class Model:
+class _Scoring:
+    """The part of `Model` that scores text: `evaluate`, `score`, and dynamic evaluation
+    (`charrnn.dynamic`: a copy of the weights learns from each segment after predicting it; the
+    model itself never changes): `dynamic_adapter`, `adapt`."""
+
+    def evaluate(self: Any, text: str, *, streams: int = 1, dynamic: bool | DynamicSettings = False) -> EvalResult:
+        """Loss, bits per character and perplexity on `text`, as `charrnn eval` reports them: one
+        stateful pass (streams=1, exact) or `streams` pieces side by side (faster, slightly worse).
+        dynamic=True (or a `charrnn.dynamic.DynamicSettings`): by dynamic evaluation, one stream."""
+        from charrnn.data.dataset import encode_text
+        from charrnn.evaluate import evaluate
+
+        _check_text(text)
+        if integer("--streams", streams) < 1:
+            raise CharrnnError(f"--streams must be at least 1, got {streams!r}")
+        split, module, autocast = encode_text(self.tokenizer, text), self.torch_module(), self.uses_bf16()
+        return evaluate(
+            module, split, self.tokenizer, streams=streams, autocast=autocast, adapter=self._adapter(dynamic)
+        )
+
+    def score(
+        self: Any, text: str, *, top_k: int = 5, activations: bool = False, dynamic: bool | DynamicSettings = False
+    ) -> Score:
+        """Every character's bits, the model's `top_k` predictions there, whether it is unknown,
+        and with activations=True every layer's state after it; see `charrnn.score` for how a
+        token's bits are shared among characters. Its bits_per_char is evaluate(text)'s, with the
+        same `dynamic` (the predictions are then the adapting model's; no activations)."""
+        from charrnn.score import score_text
+
+        _check_text(text)
+        if integer("top_k", top_k) < 0:
+            raise CharrnnError(f"top_k must be >= 0, got {top_k!r}")
+        activations = flag("activations", activations)
+        module, autocast, adapter = self.torch_module(), self.uses_bf16(), self._adapter(dynamic)
+        return score_text(
+            module, self.tokenizer, text, top_k=top_k, activations=activations, autocast=autocast, adapter=adapter
+        )
+
+    def dynamic_adapter(self: Any, dynamic: bool | DynamicSettings = True) -> Adapter:
+        """A fresh `charrnn.dynamic.Adapter` of this model (gradient statistics computed once per settings)."""
+        from charrnn.dynamic import adapter_of_run
+
+        cache = self.__dict__.setdefault("_gradient_stats", {})
+        return adapter_of_run(self.torch_module(), self._payload, dynamic, cache)
+
+    def _adapter(self, dynamic: bool | DynamicSettings) -> Adapter | None:
+        """The adapter that `evaluate` and `score` read with: None for the static pass (dynamic=False)."""
+        from charrnn.dynamic import settings_of
+
+        return None if settings_of(dynamic) is None else self.dynamic_adapter(dynamic)
+
+    def adapt(self: Any, text: str, *, dynamic: bool | DynamicSettings = True) -> Model:
+        """A new Model whose weights have read `text` by dynamic evaluation (this one is unchanged):
+        generate(prime=the text's end) continues it in its own style, names and vocabulary."""
+        from charrnn.dynamic import adapted_weights
+
+        _check_text(text)
+        adapted = adapted_weights(self.dynamic_adapter(dynamic), self.tokenizer.encode(text), autocast=self.uses_bf16())
+        weights = {key: adapted[key] for key in self._weights}
+        return Model(self.path, self.requested_device, self.config, self.tokenizer, weights, self._payload)
+
+
+class Model(_Scoring):
     """A trained model, made by `charrnn.load`.
 
     config: the ModelConfig (cell, layers, sizes, vocabulary size); tokenizer: its Tokenizer;
@@ -104,7 +166,6 @@ class Model:
         self._line_sets: LineSets | None = None
         self._module: RNNLanguageModel | None = None
         self._resolved: torch.device | None = None
-        self._gradient_stats: dict[tuple[int, int], list[torch.Tensor]] = {}  # dynamic evaluation's
 
     @property
     def device(self) -> str:
@@ -222,71 +283,6 @@ class Model:
         return functools.partial(sample, self.torch_module(), self.tokenizer, prime, settings)
 
     # --- scoring -----------------------------------------------------------------------------
-
-    def evaluate(self, text: str, *, streams: int = 1, dynamic: bool | DynamicSettings = False) -> EvalResult:
-        """Loss, bits per character and perplexity on `text`, as `charrnn eval` reports them: one
-        stateful pass (streams=1, exact) or `streams` pieces side by side (faster, slightly worse).
-        dynamic=True (or a `charrnn.dynamic.DynamicSettings`): by dynamic evaluation, one stream."""
-        from charrnn.data.dataset import encode_text
-        from charrnn.dynamic import settings_of
-        from charrnn.evaluate import evaluate
-
-        _check_text(text)
-        if integer("--streams", streams) < 1:
-            raise CharrnnError(f"--streams must be at least 1, got {streams!r}")
-        settings = settings_of(dynamic)
-        adapter = None if settings is None else self.dynamic_adapter(settings)
-        split = encode_text(self.tokenizer, text)
-        module, autocast = self.torch_module(), self.uses_bf16()
-        return evaluate(module, split, self.tokenizer, streams=streams, autocast=autocast, adapter=adapter)
-
-    def score(
-        self, text: str, *, top_k: int = 5, activations: bool = False, dynamic: bool | DynamicSettings = False
-    ) -> Score:
-        """Every character's bits, the model's `top_k` predictions there, whether it is unknown,
-        and with activations=True every layer's state after it; see `charrnn.score` for how a
-        token's bits are shared among characters. Its bits_per_char is evaluate(text)'s, with the
-        same `dynamic` (the predictions are then the adapting model's; no activations)."""
-        from charrnn.dynamic import settings_of
-        from charrnn.score import score_text
-
-        _check_text(text)
-        if integer("top_k", top_k) < 0:
-            raise CharrnnError(f"top_k must be >= 0, got {top_k!r}")
-        activations = flag("activations", activations)
-        settings = settings_of(dynamic)
-        adapter = None if settings is None else self.dynamic_adapter(settings)
-        module, autocast = self.torch_module(), self.uses_bf16()
-        return score_text(
-            module, self.tokenizer, text, top_k=top_k, activations=activations, autocast=autocast, adapter=adapter
-        )
-
-    def dynamic_adapter(self, dynamic: bool | DynamicSettings = True) -> Adapter:
-        """A fresh `charrnn.dynamic.Adapter`: a copy of this model's weights that learns from what
-        it reads. The rms method's gradient statistics, from the run's training text, are
-        computed once per model and settings."""
-        from charrnn.dynamic import Adapter, gradient_stats, settings_of, training_tokens
-
-        settings = settings_of(dynamic)
-        if settings is None:
-            raise CharrnnError("an adapter adapts: dynamic cannot be False")
-        key = (settings.segment, settings.stats_tokens)
-        if settings.method == "rms" and key not in self._gradient_stats:
-            self._gradient_stats[key] = gradient_stats(self.torch_module(), training_tokens(self._payload), settings)
-        return Adapter(self.torch_module(), settings, self._gradient_stats.get(key))
-
-    def adapt(self, text: str, *, dynamic: bool | DynamicSettings = True) -> Model:
-        """This model after reading `text` by dynamic evaluation: a new Model with the adapted
-        weights (this one, and its checkpoint, unchanged), to sample from: generate(prime=the
-        text's end) continues the text in its own style, names and vocabulary."""
-        _check_text(text)
-        adapter = self.dynamic_adapter(dynamic)
-        tokens = self.tokenizer.encode(text)
-        for _ in adapter.windows(tokens, tokens.numel() - 1, autocast=self.uses_bf16()):
-            pass  # each segment is scored, then learnt from
-        adapted = adapter.weights()
-        weights = {key: adapted[key] for key in self._weights}
-        return Model(self.path, self.requested_device, self.config, self.tokenizer, weights, self._payload)
 
     def validation(self, purpose: str) -> tuple[Iterator[str], Split]:
         """The run's validation text and its token ids (`validation_of_checkpoint`), from the payload read once."""
