@@ -21,7 +21,9 @@ class Limits:
     max_streams: int = 256  # streams stepped together; a request's n counts n
     max_queue: int = 1024  # streams waiting for room in the batch (429 beyond)
     time_limit: float = 120.0  # seconds a request may take, waiting included (then it ends, finish_reason "length")
-    body_timeout: float = 10.0  # seconds a client may take to send a request's head (then it is cut off), and its body (408)
+    body_timeout: float = (
+        10.0  # seconds a client may take to send a request's head (then it is cut off), and its body (408)
+    )
     grace: float = 3.0  # seconds in-flight streams run on after SIGINT/SIGTERM before they are ended
 
     def __post_init__(self) -> None:
