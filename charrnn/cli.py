@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from charrnn import __version__, jsonout
+from charrnn.dynamic import DynamicSettings
 from charrnn.errors import CharrnnError, Interrupted
 from charrnn.options import CORPUS, DURATION, FILES, OPTIONS, SIZE, Option, check_nproc, resume_applies
 
 if TYPE_CHECKING:
-    from charrnn.dynamic import DynamicSettings
     from charrnn.runs import Run
 
 # Typer exports click's BadParameter but not its bases, and since typer 0.22 they live in typer's
@@ -168,15 +168,27 @@ DynamicFlag = Annotated[
         "predicting it (docs/evaluation.md).",
     ),
 ]
+_DYN = DynamicSettings()
 DynamicSegment = Annotated[
-    Optional[int], typer.Option(help="--dynamic: tokens per update (default 32).", show_default=False)
+    Optional[int], typer.Option(help=f"--dynamic: tokens per update (default {_DYN.segment}).", show_default=False)
 ]
-DynamicLr = Annotated[Optional[float], typer.Option(help="--dynamic: learning rate.", show_default=False)]
+DynamicLr = Annotated[
+    Optional[float], typer.Option(help=f"--dynamic: learning rate (default {_DYN.lr:g}).", show_default=False)
+]
 DynamicDecay = Annotated[
-    Optional[float], typer.Option(help="--dynamic: decay toward the trained weights.", show_default=False)
+    Optional[float],
+    typer.Option(help=f"--dynamic: decay toward the trained weights (default {_DYN.decay:g}).", show_default=False),
+]
+DynamicClip = Annotated[
+    Optional[float],
+    typer.Option(
+        help=f"--dynamic: the gradient's largest norm, in training-gradient norms for rms (default {_DYN.clip:g}; 0: none).",
+        show_default=False,
+    ),
 ]
 DynamicMethod = Annotated[
-    Optional[str], typer.Option(help="--dynamic: rms (Krause et al.) or sgd (default rms).", show_default=False)
+    Optional[str],
+    typer.Option(help=f"--dynamic: rms (Krause et al.) or sgd (default {_DYN.method}).", show_default=False),
 ]
 
 
@@ -185,18 +197,17 @@ def _dynamic_settings(
     segment: int | None,
     lr: float | None,
     decay: float | None,
+    clip: float | None,
     method: str | None,
     owner: str = "--dynamic",
 ) -> DynamicSettings | None:
     """The settings of --dynamic (None without it); a --dynamic-* option without it is refused."""
-    given = {"segment": segment, "lr": lr, "decay": decay, "method": method}
+    given = {"segment": segment, "lr": lr, "decay": decay, "clip": clip, "method": method}
     given = {name: value for name, value in given.items() if value is not None}
     if not dynamic:
         if given:
             raise CharrnnError(f"--dynamic-{next(iter(given))} is an option of {owner}: add {owner}")
         return None
-    from charrnn.dynamic import DynamicSettings
-
     return DynamicSettings(**given)
 
 
@@ -222,6 +233,7 @@ def eval_(
     dynamic_segment: DynamicSegment = None,
     dynamic_lr: DynamicLr = None,
     dynamic_decay: DynamicDecay = None,
+    dynamic_clip: DynamicClip = None,
     dynamic_method: DynamicMethod = None,
 ) -> None:
     """Report loss, bits per character and perplexity of a model on held-out text.
@@ -234,7 +246,7 @@ def eval_(
 
     if streams < 1:
         raise CharrnnError(f"--streams must be at least 1, got {streams}")
-    settings = _dynamic_settings(dynamic, dynamic_segment, dynamic_lr, dynamic_decay, dynamic_method)
+    settings = _dynamic_settings(dynamic, dynamic_segment, dynamic_lr, dynamic_decay, dynamic_clip, dynamic_method)
     rows = evaluate_run(
         run, text or [], encoding=encoding, streams=streams, baselines=baselines, device=device, dynamic=settings
     )
@@ -273,6 +285,7 @@ def score(
     dynamic_segment: DynamicSegment = None,
     dynamic_lr: DynamicLr = None,
     dynamic_decay: DynamicDecay = None,
+    dynamic_clip: DynamicClip = None,
     dynamic_method: DynamicMethod = None,
 ) -> None:
     """Bits per character of each line of a text, and its most surprising character: find the odd lines.
@@ -283,7 +296,7 @@ def score(
     """
     from charrnn.line_scores import score_file, scores_table
 
-    settings = _dynamic_settings(dynamic, dynamic_segment, dynamic_lr, dynamic_decay, dynamic_method)
+    settings = _dynamic_settings(dynamic, dynamic_segment, dynamic_lr, dynamic_decay, dynamic_clip, dynamic_method)
     scores = score_file(
         run,
         text_file,
@@ -357,6 +370,7 @@ def sample(
     dynamic_segment: DynamicSegment = None,
     dynamic_lr: DynamicLr = None,
     dynamic_decay: DynamicDecay = None,
+    dynamic_clip: DynamicClip = None,
     dynamic_method: DynamicMethod = None,
 ) -> None:
     """Generate text from a trained model; from a --lines run, whole examples, one a line (and a
@@ -370,7 +384,7 @@ def sample(
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or ())
     model = load(run, device)
     _check_lines_flags(model.lines, run, unique=unique, novel=novel)
-    options = (dynamic_segment, dynamic_lr, dynamic_decay, dynamic_method)
+    options = (dynamic_segment, dynamic_lr, dynamic_decay, dynamic_clip, dynamic_method)
     model, context = _adapted(model, adapt, adapt_only_state, options)
     count = 500 if length is None else length
     live = output is None and num_samples == 1 and not as_json and not model.lines  # shown as it is made
@@ -736,6 +750,7 @@ def viz(
     dynamic_segment: DynamicSegment = None,
     dynamic_lr: DynamicLr = None,
     dynamic_decay: DynamicDecay = None,
+    dynamic_clip: DynamicClip = None,
     dynamic_method: DynamicMethod = None,
 ) -> None:
     """Show what each character of a text cost the model, and what its units track, on one HTML page.
@@ -748,7 +763,7 @@ def viz(
     if term and as_json:
         raise CharrnnError("--term and --json both print to standard output: choose one")
     page = html if html is not None or term or as_json else default_page(run)
-    settings = _dynamic_settings(dynamic, dynamic_segment, dynamic_lr, dynamic_decay, dynamic_method)
+    settings = _dynamic_settings(dynamic, dynamic_segment, dynamic_lr, dynamic_decay, dynamic_clip, dynamic_method)
     if page is not None:
         check_output(page)
     expl = explain_run(run, text_file, max_chars=max_chars, encoding=encoding, device=device, dynamic=settings)

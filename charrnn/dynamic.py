@@ -10,6 +10,11 @@ with trained value θ₀, gradient g of the segment's loss and learning rate η:
     rms:  θ ← θ − η g / (√MS + ε) + min(1, λ √MS / mean(√MS)) (θ₀ − θ)
     sgd:  θ ← θ − η g + λ (θ₀ − θ)
 
+where g is first scaled down, if need be, to a norm of at most `clip` times the training
+segments' RMS gradient norm √(Σ MS) (rms) or to `clip` itself (sgd): a text far from the training
+text (an unseen alphabet, a log full of digits) has gradients orders of magnitude larger than any
+the statistics saw, and without the clip a few updates can wreck the weights.
+
 MS is each weight's mean squared gradient over segments of the run's own training text (its
 first `stats_tokens` tokens, with the trained weights): weights whose gradient is usually small
 move further per unit of gradient, and the decay λ pulls the weights that training moved most
@@ -40,12 +45,14 @@ EPSILON = 1e-5  # added to √MS: no weight's step is unbounded where its gradie
 @dataclass(frozen=True)
 class DynamicSettings:
     """How the weights adapt: `segment` tokens per update, learning rate `lr`, decay toward the
-    trained weights `decay`, `method` "rms" or "sgd", and (rms) the training tokens whose
-    gradients give the statistics. Checked once, with the command line's flag names."""
+    trained weights `decay`, the gradient's largest norm `clip` (0: none), `method` "rms" or "sgd",
+    and (rms) the training tokens whose gradients give the statistics. Checked once, with the
+    command line's flag names. The defaults come from scripts/bench_dynamic.py --sweep."""
 
-    segment: int = 32
-    lr: float = 3e-5
+    segment: int = 128
+    lr: float = 1e-3
     decay: float = 0.001
+    clip: float = 1.0
     method: str = "rms"
     stats_tokens: int = 8192
 
@@ -53,7 +60,7 @@ class DynamicSettings:
         for name, value in (("segment", self.segment), ("stats-tokens", self.stats_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CharrnnError(f"--dynamic-{name} must be a whole number of at least 1, got {value!r}")
-        for name, value in (("lr", self.lr), ("decay", self.decay)):
+        for name, value in (("lr", self.lr), ("decay", self.decay), ("clip", self.clip)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise CharrnnError(f"--dynamic-{name} must be a finite number >= 0, got {value!r}")
         if self.decay > 1:
@@ -97,11 +104,13 @@ class Adapter:
                 raise ValueError("the rms method needs gradient statistics")
             roots = [ms.sqrt() for ms in stats]
             mean_root = torch.cat([r.flatten() for r in roots]).mean().clamp(min=1e-30)
-            self.scale: list[Any] = [1 / (r + EPSILON) for r in roots]
+            self.rate: list[Any] = [settings.lr / (r + EPSILON) for r in roots]
             self.pull: list[Any] = [(settings.decay * r / mean_root).clamp(max=1.0) for r in roots]
+            self.limit = settings.clip * math.sqrt(sum(float(ms.sum()) for ms in stats))
         else:
-            self.scale = [1.0] * len(self.params)
+            self.rate = [settings.lr] * len(self.params)
             self.pull = [settings.decay] * len(self.params)
+            self.limit = settings.clip
 
     def windows(self, tokens: torch.Tensor, length: int, *, autocast: bool = False) -> Iterator[Window]:
         """The `length` targets after tokens[0], a window per segment, each scored (its logits
@@ -129,14 +138,20 @@ class Adapter:
         """One update on `loss` (the mean of a segment's), decaying toward the trained weights."""
         import torch
 
-        lr = self.settings.lr
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         with torch.no_grad():
-            for p, g, trained, scale, pull in zip(self.params, grads, self.trained, self.scale, self.pull):
-                back = (trained - p) * pull
-                if g is not None and lr:
-                    p.sub_(lr * g * scale)
-                p.add_(back)
+            if self.settings.clip:
+                norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+                if norm > self.limit:
+                    grads = tuple(None if g is None else g * (self.limit / norm) for g in grads)
+            for p, g, trained, rate, pull in zip(self.params, grads, self.trained, self.rate, self.pull):
+                if self.settings.decay:
+                    p.lerp_(trained, pull)  # θ + pull (θ₀ − θ), from the weights before this step
+                if g is not None and self.settings.lr:
+                    if isinstance(rate, float):
+                        p.add_(g, alpha=-rate)
+                    else:
+                        p.addcmul_(g, rate, value=-1)
 
     def weights(self) -> dict[str, Any]:
         """The adapted weights as float32 numpy arrays, by state-dict name (a tied matrix under both)."""

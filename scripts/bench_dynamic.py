@@ -1,7 +1,7 @@
 """Dynamic evaluation against the static pass (issue 23): bits per character and speed.
 
     python scripts/bench_dynamic.py RUN                       # the three texts, the plot, the report
-    python scripts/bench_dynamic.py RUN --sweep --sweep-tokens 10000 --lr 1e-4,3e-4,1e-3 --decay 0,0.001
+    python scripts/bench_dynamic.py RUN --sweep --segment 32,64,128 --lr 3e-4,1e-3 --decay 0,0.001,0.01
     python scripts/bench_dynamic.py RUN --tiny                # a toy size, for tests/test_scripts.py
 
 The texts: (a) the run's own validation split, (b) the last `--kjv-chars` characters of the
@@ -13,9 +13,9 @@ machine falls on both; the report gives the figures, the median seconds of each 
 The per-segment advantage (static minus dynamic bits per character, averaged over bins of the
 text) is plotted against the position in the text, as in Krause et al.'s Figure 2.
 
-`--sweep` instead scores the first `--sweep-tokens` tokens of the validation split under every
-combination of --segment, --lr, --decay and --method given (comma-separated): how the defaults of
-`charrnn.dynamic.DynamicSettings` were chosen.
+`--sweep` instead scores the validation split (its first `--sweep-tokens` tokens, all by default)
+under every combination of --segment, --lr, --decay, --clip and --method given (comma-separated):
+how the defaults of `charrnn.dynamic.DynamicSettings` were chosen (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -165,9 +165,11 @@ def sweep(model: charrnn.Model, args: argparse.Namespace) -> list[dict]:
     static = static_pass(model, split).sum() / chars
     print(f"static: {static:.4f} bits/char on {chars:,} characters", flush=True)
     rows = []
-    grid = itertools.product(args.segment, args.lr, args.decay, args.method)
-    for segment, lr, decay, method in grid:
-        settings = DynamicSettings(segment, lr, decay, method, args.stats_tokens)
+    grid = itertools.product(args.segment, args.lr, args.decay, args.clip, args.method)
+    for segment, lr, decay, clip, method in grid:
+        settings = DynamicSettings(
+            segment=segment, lr=lr, decay=decay, clip=clip, method=method, stats_tokens=args.stats_tokens
+        )
         start = time.perf_counter()
         dynamic = dynamic_pass(model, split, settings).sum() / chars
         row = {**settings.as_dict(), "bits_per_char": dynamic, "gain": 1 - dynamic / static}
@@ -192,11 +194,12 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "images" / "dynamic_advantage.png")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--sweep", action="store_true")
-    parser.add_argument("--sweep-tokens", type=int, default=10_000)
+    parser.add_argument("--sweep-tokens", type=int, default=0, help="first N tokens of the validation split (0: all)")
     defaults = DynamicSettings()
     parser.add_argument("--segment", type=numbers(int), default=[defaults.segment])
     parser.add_argument("--lr", type=numbers(float), default=[defaults.lr])
     parser.add_argument("--decay", type=numbers(float), default=[defaults.decay])
+    parser.add_argument("--clip", type=numbers(float), default=[defaults.clip])
     parser.add_argument("--method", type=lambda text: text.split(","), default=[defaults.method])
     parser.add_argument("--stats-tokens", type=int, default=defaults.stats_tokens)
     parser.add_argument("--tiny", action="store_true", help="toy sizes: checks that the script runs")
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.sweep:
         report: dict = {"machine": machine(), "sweep": sweep(model, args)}
     else:
-        settings = DynamicSettings(args.segment[0], args.lr[0], args.decay[0], args.method[0], args.stats_tokens)
+        first = dict(segment=args.segment[0], lr=args.lr[0], decay=args.decay[0], clip=args.clip[0])
+        settings = DynamicSettings(**first, method=args.method[0], stats_tokens=args.stats_tokens)
         start = time.perf_counter()
         model.dynamic_adapter(settings)  # the gradient statistics, once (timed on their own)
         stats_seconds = time.perf_counter() - start

@@ -127,6 +127,27 @@ def test_the_model_given_is_never_changed() -> None:
     assert all(torch.equal(before[key], value) for key, value in net.state_dict().items())
 
 
+@pytest.mark.parametrize("method", ["rms", "sgd"])
+def test_a_segment_s_gradient_is_clipped_to_its_limit(method: str) -> None:
+    """A text far from the training text has gradients far larger than the statistics saw: the
+    step takes at most `clip` training-gradient norms (rms) or a norm of `clip` (sgd)."""
+    net = random_model(30)
+    tokens = torch.randint(0, 30, (17,), generator=torch.Generator().manual_seed(5))
+    clipped = replace(FAST, method=method, lr=1.0, decay=0.0, clip=1e-3)
+    steps = {}
+    for settings in (clipped, replace(clipped, clip=0.0)):
+        adapt = adapter(net, tokens, settings)
+        before = [p.detach().clone() for p in adapt.params]
+        list(adapt.windows(tokens, 16))
+        rates = [torch.as_tensor(rate) for rate in adapt.rate]
+        moved = [(b - p.detach()) / r for b, p, r in zip(before, adapt.params, rates)]
+        steps[settings.clip] = (math.sqrt(sum(float(m.pow(2).sum()) for m in moved)), adapt.limit)
+    norm, limit = steps[1e-3]
+    assert math.isclose(norm, limit, rel_tol=1e-3)
+    unclipped, _ = steps[0.0]
+    assert unclipped > 10 * limit  # the clip did cut this gradient down
+
+
 # --- settings --------------------------------------------------------------------------------------
 
 
@@ -138,6 +159,8 @@ def test_the_model_given_is_never_changed() -> None:
         {"lr": -1e-3},
         {"lr": math.inf},
         {"decay": 1.5},
+        {"clip": -1.0},
+        {"clip": math.nan},
         {"method": "adam"},
         {"stats_tokens": 0},
     ],
