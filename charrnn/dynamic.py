@@ -141,7 +141,7 @@ class Adapter:
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         with torch.no_grad():
             if self.settings.clip:
-                norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+                norm = float(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]).norm())
                 if norm > self.limit:
                     grads = tuple(None if g is None else g * (self.limit / norm) for g in grads)
             for p, g, trained, rate, pull in zip(self.params, grads, self.trained, self.rate, self.pull):

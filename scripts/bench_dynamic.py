@@ -10,8 +10,14 @@ bundled King James Bible (out of domain for a Shakespeare model), (c) a syntheti
 status codes recur). For each, the static pass and the dynamic one run `--repeats` times,
 alternating (static, dynamic, dynamic, static, ...) in this process, so that the load of a shared
 machine falls on both; the report gives the figures, the median seconds of each and their ratio.
-The per-segment advantage (static minus dynamic bits per character, averaged over bins of the
+The per-segment advantage (the share of the static bits that dynamic evaluation saves, over bins of the
 text) is plotted against the position in the text, as in Krause et al.'s Figure 2.
+
+`--adapt-example` measures what `charrnn sample --adapt` is for: the model reads the first 90% of
+the Bible's tail by dynamic evaluation, then both it and the model as trained (primed alike with
+the document's end) continue the document `--samples` times. Reported for each: bits per character
+on the held-out last 10%, and the share of the samples' words (three letters or more) that the
+document itself uses, the share the run's corpus uses, and the share only the document uses.
 
 `--sweep` instead scores the validation split (its first `--sweep-tokens` tokens, all by default)
 under every combination of --segment, --lr, --decay, --clip and --method given (comma-separated):
@@ -26,10 +32,12 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +50,7 @@ import charrnn  # noqa: E402
 from charrnn.data.dataset import Split, encode_text  # noqa: E402
 from charrnn.dynamic import DynamicSettings  # noqa: E402
 from charrnn.evaluate import predicted_chars  # noqa: E402
+from charrnn.inference import CharrnnWarning  # noqa: E402
 from charrnn.text_pass import windows  # noqa: E402
 
 KJV = ROOT / "corpora" / "kjv.txt"
@@ -106,11 +115,13 @@ def compare(model: charrnn.Model, split: Split, settings: DynamicSettings, repea
         "dynamic_chars_per_sec": chars / median["dynamic"],
         "time_ratio": median["dynamic"] / median["static"],
         "advantage": (bits["static"] - bits["dynamic"]).tolist(),  # per token, for the plot
+        "static": bits["static"].tolist(),
     }
 
 
 def plot(results: dict[str, dict], out: Path, bins: int) -> None:
-    """Static minus dynamic bits per token, averaged over `bins` equal stretches of each text."""
+    """The share of the static bits that dynamic evaluation saves, over each of `bins` equal
+    stretches of each text (static minus dynamic, over static): texts of any difficulty on one scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,14 +129,14 @@ def plot(results: dict[str, dict], out: Path, bins: int) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
     for name, row in results.items():
-        advantage = np.asarray(row["advantage"])
+        advantage, static = np.asarray(row["advantage"]), np.asarray(row["static"])
         edges = np.linspace(0, len(advantage), min(bins, len(advantage)) + 1).astype(int)
-        means = [advantage[a:b].mean() for a, b in zip(edges[:-1], edges[1:]) if b > a]
+        means = [100 * advantage[a:b].sum() / static[a:b].sum() for a, b in zip(edges[:-1], edges[1:]) if b > a]
         centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:]) if b > a]
         ax.plot(centres, means, label=f"{name} ({row['gain']:+.1%} overall)")
     ax.axhline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("position in the text (characters)")
-    ax.set_ylabel("static - dynamic (bits/char)")
+    ax.set_xlabel("position in the text (tokens: characters for a char run)")
+    ax.set_ylabel("bits saved (% of static)")
     ax.set_title("Where dynamic evaluation helps: advantage along the text")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -160,7 +171,9 @@ def texts(model: charrnn.Model, args: argparse.Namespace) -> dict[str, Split]:
 
 def sweep(model: charrnn.Model, args: argparse.Namespace) -> list[dict]:
     _, val = model.validation("sweep")
-    split = Split(val.tokens[: args.sweep_tokens], min(args.sweep_tokens, val.num_tokens))
+    if args.sweep_tokens:
+        val = Split(val.tokens[: args.sweep_tokens], min(args.sweep_tokens, val.num_tokens))  # char runs
+    split = val
     chars = predicted_chars(split, model.tokenizer)
     static = static_pass(model, split).sum() / chars
     print(f"static: {static:.4f} bits/char on {chars:,} characters", flush=True)
@@ -179,6 +192,39 @@ def sweep(model: charrnn.Model, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]{3,}", text.lower()))
+
+
+def adapt_example(model: charrnn.Model, args: argparse.Namespace) -> dict:
+    """`sample --adapt` against `--adapt-only-state` on the Bible's tail (see the module's doc)."""
+    from charrnn.inference import adapt_context
+
+    text = KJV.read_text(encoding="utf-8")[-args.kjv_chars :]
+    cut = int(len(text) * 0.9)
+    document, held_out = text[:cut], text[cut:]
+    prime = adapt_context(document)
+    document_words = words(document)
+    config = json.loads((args.run / "config.json").read_text(encoding="utf-8"))
+    training_words = set().union(*(words(Path(f).read_text(encoding="utf-8")) for f in config["corpus"]["files"]))
+    rows = {}
+    for name, reader in (("adapted", model.adapt(document)), ("only state", model)):
+        with warnings.catch_warnings():  # the document's verse numbers are not in a Shakespeare vocabulary
+            warnings.simplefilter("ignore", CharrnnWarning)
+            samples = reader.generate(prime, args.sample_chars, num_samples=args.samples, seed=1)
+        drawn = [word for sample in samples for word in re.findall(r"[a-z]{3,}", sample.lower())]
+        rows[name] = {
+            "held_out_bits_per_char": reader.evaluate(prime + held_out).bits_per_char,
+            "sample_words": len(drawn),
+            "in_document": sum(word in document_words for word in drawn) / max(1, len(drawn)),
+            "in_run_corpus": sum(word in training_words for word in drawn) / max(1, len(drawn)),
+            "only_in_document": sum(w in document_words and w not in training_words for w in drawn)
+            / max(1, len(drawn)),
+            "first_sample": samples[0][:300],
+        }
+    return {"document_chars": len(document), "held_out_chars": len(held_out), "readers": rows}
+
+
 def numbers(kind: type) -> object:
     return lambda text: [kind(item) for item in text.split(",")]
 
@@ -194,6 +240,9 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "images" / "dynamic_advantage.png")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--adapt-example", action="store_true")
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--sample-chars", type=int, default=400)
     parser.add_argument("--sweep-tokens", type=int, default=0, help="first N tokens of the validation split (0: all)")
     defaults = DynamicSettings()
     parser.add_argument("--segment", type=numbers(int), default=[defaults.segment])
@@ -206,7 +255,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tiny:
         args.val_tokens, args.kjv_chars, args.log_chars, args.repeats, args.stats_tokens = 300, 300, 300, 1, 256
-        args.sweep_tokens = 300
+        args.sweep_tokens, args.samples, args.sample_chars = 300, 2, 50
     return args
 
 
@@ -215,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     model = charrnn.load(args.run, device="cpu")
     if args.sweep:
         report: dict = {"machine": machine(), "sweep": sweep(model, args)}
+    elif args.adapt_example:
+        report = {"machine": machine(), "settings": DynamicSettings().as_dict(), "example": adapt_example(model, args)}
     else:
         first = dict(segment=args.segment[0], lr=args.lr[0], decay=args.decay[0], clip=args.clip[0])
         settings = DynamicSettings(**first, method=args.method[0], stats_tokens=args.stats_tokens)
@@ -225,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot(results, args.plot, args.bins)
         for row in results.values():
-            row.pop("advantage")
+            row.pop("advantage"), row.pop("static")
         report = {"machine": machine(), "settings": settings.as_dict(), "stats_seconds": stats_seconds}
         report["texts"] = results
     text = json.dumps(report, indent=2)

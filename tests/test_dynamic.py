@@ -274,16 +274,27 @@ def test_bad_input_is_one_line_and_a_failure(args: list[str], tiny_trained: Path
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
-def test_the_benchmark_script_runs_at_a_toy_size(tiny_trained: Path, tmp_path: Path) -> None:
+def _bench(tiny_trained: Path, tmp_path: Path, *args: str) -> dict:
     made = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_dynamic.py"), str(tiny_trained / "run"), "--tiny"]
-        + ["--plot", str(tmp_path / "plot.png"), "--json", str(tmp_path / "out.json")],
+        [sys.executable, str(ROOT / "scripts" / "bench_dynamic.py"), str(tiny_trained / "run"), "--tiny", *args]
+        + ["--json", str(tmp_path / "out.json")],
         capture_output=True,
         text=True,
         timeout=120,
         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "CHARRNN_CACHE_DIR": str(tmp_path / "cache")},
     )
     assert made.returncode == 0, made.stderr
-    report = json.loads((tmp_path / "out.json").read_text())
+    return json.loads((tmp_path / "out.json").read_text())
+
+
+def test_the_benchmark_script_runs_at_a_toy_size(tiny_trained: Path, tmp_path: Path) -> None:
+    report = _bench(tiny_trained, tmp_path, "--plot", str(tmp_path / "plot.png"))
     assert set(report["texts"]) == {"validation", "kjv-tail", "server-log"}
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_the_adapt_example_compares_both_readers(tiny_trained: Path, tmp_path: Path) -> None:
+    readers = _bench(tiny_trained, tmp_path, "--adapt-example")["example"]["readers"]
+    assert set(readers) == {"adapted", "only state"}
+    for row in readers.values():
+        assert row["sample_words"] > 0 and 0 <= row["only_in_document"] <= row["in_document"] <= 1
