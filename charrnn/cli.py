@@ -382,10 +382,9 @@ def sample(
     _check_output(output)
     prime = _prime_text(prime, prime_file)
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or ())
-    model = load(run, device)
-    _check_lines_flags(model.lines, run, unique=unique, novel=novel)
     options = (dynamic_segment, dynamic_lr, dynamic_decay, dynamic_clip, dynamic_method)
-    model, context = _adapted(model, adapt, adapt_only_state, options)
+    model, context = _adapted(load(run, device), adapt, adapt_only_state, options)
+    _check_lines_flags(model.lines, run, unique=unique, novel=novel)
     count = 500 if length is None else length
     live = output is None and num_samples == 1 and not as_json and not model.lines  # shown as it is made
     with warnings.catch_warnings(record=True) as notes:
