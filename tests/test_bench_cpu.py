@@ -45,27 +45,39 @@ def _tables(report: str) -> list[list[list[str]]]:
     return tables
 
 
-@pytest.mark.parametrize("row", _rows())
-def test_each_row_runs_at_the_tiny_size(row: str, tmp_path: Path) -> None:
-    out = tmp_path / "report.md"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_TMP": str(tmp_path)}
-    cmd = [sys.executable, str(SCRIPT), "--tiny", "--only", row, "--out", str(out)]
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Every row at the tiny size, in one run of the script (one interpreter start, not seven):
+    its standard output and the report `--out` wrote."""
+    tmp = tmp_path_factory.mktemp("bench_cpu")
+    out = tmp / "report.md"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_TMP": str(tmp)}
+    cmd = [sys.executable, str(SCRIPT), "--tiny", "--only", ",".join(_rows()), "--out", str(out)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "skipped" not in done.stdout, done.stdout  # --tiny brings its own text
+    return done.stdout, out.read_text()
 
-    lines = done.stdout.splitlines()
+
+def test_the_report_names_the_machine_and_its_load(report: tuple[str, str]) -> None:
+    stdout, written = report
+    assert "skipped" not in stdout, stdout  # --tiny brings its own text
+    lines = stdout.splitlines()
     for key in ("machine", "software", "commit", "command", "load average at start"):
-        assert any(line.startswith(f"- {key}: ") for line in lines), done.stdout
-    tables = _tables(done.stdout)
-    assert len(tables) == 1, done.stdout  # one section per row
-    head, rule, *body = tables[0]
-    assert body, done.stdout
+        assert any(line.startswith(f"- {key}: ") for line in lines), stdout
+    assert len(_tables(stdout)) == len(_rows()), stdout  # one section per row
+    assert _tables(written) == _tables(stdout)
+
+
+@pytest.mark.parametrize("row", _rows())
+def test_each_row_runs_at_the_tiny_size(row: str, report: tuple[str, str]) -> None:
+    stdout, _ = report
+    tables = _tables(stdout)
+    assert len(tables) == len(_rows()), stdout
+    head, rule, *body = tables[_rows().index(row)]  # the sections come in the order of ROWS
+    assert body, stdout
     assert rule == ["---"] * len(head), rule
     for cells in body:
         assert len(cells) == len(head), cells
         assert cells[0], cells  # what the row measures
         for cell in cells[1:]:
             assert FIGURE.fullmatch(cell), f"not a figure: {cell!r} in {cells}"
-
-    assert _tables(out.read_text()) == tables

@@ -31,7 +31,7 @@ from charrnn.training import resume
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-KILLS = 20
+KILLS = 12
 BIG = "1000000"  # a budget no process here reaches: every one ends by a kill
 
 

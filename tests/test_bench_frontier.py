@@ -1,0 +1,40 @@
+"""Promise: scripts/bench_frontier.py, which measures the grid that model sizing is fitted to,
+runs: at the toy size it appends one well-formed point to its JSON-lines file, and `--resume`
+skips a point the file already holds. No figure is judged."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "bench_frontier.py"
+
+
+def _run(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(SCRIPT), "--tiny", "--out", str(out), *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_point_is_appended_and_resume_skips_it(tmp_path: Path) -> None:
+    out = tmp_path / "frontier.jsonl"
+    first = _run(out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["point"] == "2x256" and row["budget"] == 1.0 and row["corpus"] == "tiny.txt"
+    assert row["parameters"] > 0 and row["steps"] >= 1 and row["val_nats_per_char"] > 0
+    assert row["train_chars"] == row["steps"] * 4 * 32  # the tiny batch: 4 streams of 32
+    again = _run(out, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(out.read_text().splitlines()) == 1
+
+
+def test_an_unknown_point_is_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--only", "9x9999"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0 and "unknown point" in done.stderr and "Traceback" not in done.stderr
