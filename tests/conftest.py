@@ -33,24 +33,6 @@ SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 KJV = ROOT / "corpora" / "kjv.txt"
 
 
-# The files whose tests take longest, started first: `make test` hands whole files to its two
-# workers in collection order, and a long file collected last (test_kill_resume, one test of
-# about 30 s) would leave one worker idle while the other finishes it.
-LONGEST_FIRST = (
-    "test_distributed.py",
-    "test_kill_resume.py",
-    "test_bench_cpu.py",
-    "test_fuzz.py",
-    "test_tokenizer_pipeline.py",
-    "test_readme_examples.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
-
-
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test gets its own token cache, so no test sees another's files."""

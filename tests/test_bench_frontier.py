@@ -20,7 +20,7 @@ def _run(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_a_point_is_appended_and_resume_skips_it(tmp_path: Path) -> None:
+def test_a_point_is_appended_with_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "frontier.jsonl"
     first = _run(out)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -28,9 +28,15 @@ def test_a_point_is_appended_and_resume_skips_it(tmp_path: Path) -> None:
     assert row["point"] == "2x256" and row["budget"] == 1.0 and row["corpus"] == "tiny.txt"
     assert row["parameters"] > 0 and row["steps"] >= 1 and row["val_nats_per_char"] > 0
     assert row["train_chars"] == row["steps"] * 4 * 32  # the tiny batch: 4 streams of 32
+
+
+def test_resume_skips_the_points_already_measured(tmp_path: Path) -> None:
+    out = tmp_path / "frontier.jsonl"
+    held = {"point": "2x256", "budget": 1.0, "corpus": "tiny.txt", "val_nats_per_char": 9.0}
+    out.write_text(json.dumps(held) + "\n")
     again = _run(out, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(out.read_text().splitlines()) == 1
+    assert out.read_text().splitlines() == [json.dumps(held)]  # nothing trained, nothing added
 
 
 def test_an_unknown_point_is_one_line() -> None:

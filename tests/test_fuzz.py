@@ -57,7 +57,7 @@ def test_random_corpora_either_prepare_or_fail_cleanly(tmp_path: Path) -> None:
     ran = itertools.count()
     cache = tmp_path / "cache"
 
-    @settings(FUZZ, max_examples=800)
+    @settings(FUZZ, max_examples=500)
     @given(
         data=corpus_bytes,
         encoding=st.sampled_from(["utf-8", "latin-1", "utf-16", "utf-32", "ascii"]),
@@ -87,7 +87,7 @@ def test_random_corpora_either_prepare_or_fail_cleanly(tmp_path: Path) -> None:
             assert str(exc) and "\n" not in str(exc)
 
     check()
-    assert next(ran) >= 800
+    assert next(ran) >= 500
 
 
 def test_valid_text_in_wide_encodings_always_trains(tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def models() -> list[tuple[RNNLanguageModel, object]]:
 def test_random_primes_and_stops_either_sample_or_fail_cleanly(models: list) -> None:
     ran = itertools.count()
 
-    @settings(FUZZ, max_examples=1600)
+    @settings(FUZZ, max_examples=1000)
     @given(
         which=st.integers(0, 2),
         prime=any_text,
@@ -183,7 +183,7 @@ def test_random_primes_and_stops_either_sample_or_fail_cleanly(models: list) -> 
             text.encode("utf-8")  # printable: no lone surrogates come out
 
     check()
-    assert next(ran) >= 1600
+    assert next(ran) >= 1000
 
 
 def test_damaged_checkpoints_either_load_or_are_refused(tmp_path: Path, models: list) -> None:
@@ -201,7 +201,7 @@ def test_damaged_checkpoints_either_load_or_are_refused(tmp_path: Path, models: 
     original = good.read_bytes()
     ran = itertools.count()
 
-    @settings(FUZZ, max_examples=600)
+    @settings(FUZZ, max_examples=400)
     @given(
         seed=st.integers(0, 2**32 - 1),
         flips=st.integers(1, 8),
@@ -226,7 +226,7 @@ def test_damaged_checkpoints_either_load_or_are_refused(tmp_path: Path, models: 
         assert all(torch.isfinite(p).all() for p in loaded.parameters())
 
     check()
-    assert next(ran) >= 600
+    assert next(ran) >= 400
 
 
 def test_the_cli_on_random_corpora_and_primes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -236,7 +236,7 @@ def test_the_cli_on_random_corpora_and_primes(tmp_path: Path, capsys: pytest.Cap
     trained = itertools.count()
     tiny = ["--hidden", "8", "--embed", "4", "--layers", "1", "--batch-size", "2", "--seq-len", "4", "--quiet"]
 
-    @settings(FUZZ, max_examples=100)
+    @settings(FUZZ, max_examples=60)
     @given(text=st.booleans(), long=long_text, raw=corpus_bytes, prime=any_text, stop=any_text)
     def check(text: bool, long: bytes, raw: bytes, prime: str, stop: str) -> None:
         next(ran)
@@ -252,7 +252,7 @@ def test_the_cli_on_random_corpora_and_primes(tmp_path: Path, capsys: pytest.Cap
         assert code in (0, 1)
 
     check()
-    assert next(ran) >= 100
+    assert next(ran) >= 60
     assert next(trained) >= 10, "too few random corpora were trainable to exercise sample"
 
 
