@@ -5,6 +5,7 @@ fitted to them (and refitted on another machine).
     python scripts/bench_frontier.py                                   # the grid below, 90/300/900 s
     python scripts/bench_frontier.py --budgets 90 --only 2x256,2x384   # a part of it
     python scripts/bench_frontier.py --tiny --out /tmp/frontier.jsonl  # toy sizes: checks that it runs
+    python scripts/bench_frontier.py --table                           # the measured points, as markdown
 
 Each point is one training run of `scripts/bench_cpu.py`'s quality child (the first 90% of Tiny
 Shakespeare trains, one full stateful pass over the last 10% scores, the clock running from before
@@ -50,7 +51,7 @@ POINTS: dict[str, dict] = {
 GRID: dict[float, tuple[str, ...]] = {
     90: ("2x256", "2x384", "3x256", "1x512"),
     300: ("2x256", "2x384", "2x512"),
-    900: ("2x512", "3x384"),
+    900: ("2x256", "2x512", "3x384"),
 }
 
 
@@ -110,6 +111,23 @@ def done_points(out: Path) -> set[tuple[str, float, str]]:
     return {(row["point"], float(row["budget"]), row["corpus"]) for row in rows}
 
 
+def table(out: Path) -> str:
+    """The points of `out` as a markdown table: by corpus and budget, the best first."""
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows.sort(key=lambda r: (r["corpus"], float(r["budget"]), r["val_nats_per_char"]))
+    lines = [
+        "| corpus | budget | model | parameters | val nats/char | measured s | steps | train chars/s | chars seen | commit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['corpus']} | {float(r['budget']):g} s | {r['point']} | {r['parameters']:,} | "
+            f"{r['val_nats_per_char']:.3f} | {r['seconds']:.1f} | {r['steps']:,} | {r['train_chars_per_sec']:,.0f} | "
+            f"{r['train_chars']:,} | {r['commit']} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", help="comma-separated seconds (default: all of the grid's)")
@@ -118,7 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--resume", action="store_true", help="skip the points --out already holds")
     parser.add_argument("--tiny", action="store_true", help="toy models, 1 s budgets, 200 KB of text")
+    parser.add_argument("--table", action="store_true", help="print the points --out holds as a markdown table")
     args = parser.parse_args(argv)
+    if args.table:
+        if not args.out.is_file():
+            raise SystemExit(f"{args.out} is not there: no point has been measured yet")
+        print(table(args.out))
+        return
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else list(GRID)
     only = args.only.split(",") if args.only else None
     unknown = sorted(set(only or ()) - set(POINTS))

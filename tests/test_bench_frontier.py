@@ -44,3 +44,25 @@ def test_an_unknown_point_is_one_line() -> None:
         [sys.executable, str(SCRIPT), "--only", "9x9999"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode != 0 and "unknown point" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_table_lists_each_budget_s_points_best_first(tmp_path: Path) -> None:
+    out = tmp_path / "frontier.jsonl"
+    common = {"corpus": "c.txt", "budget": 90, "seconds": 89.0, "steps": 10, "train_chars_per_sec": 1000.0}
+    points = [("big", 2.0, 900), ("small", 1.5, 500)]
+    rows = [
+        {**common, "point": p, "val_nats_per_char": v, "parameters": n, "train_chars": 40_960, "commit": "abc"}
+        for p, v, n in points
+    ]
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--table", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    body = [line for line in done.stdout.splitlines() if line.startswith("| c.txt")]
+    assert [line.split("|")[3].strip() for line in body] == ["small", "big"]
+    assert "| 1.500 |" in body[0] and "| 40,960 |" in body[0]
