@@ -382,9 +382,9 @@ def sample(
     _check_output(output)
     prime = _prime_text(prime, prime_file)
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or ())
+    model = _check_lines_flags(load(run, device), run, unique=unique, novel=novel)  # before any adapting
     options = (dynamic_segment, dynamic_lr, dynamic_decay, dynamic_clip, dynamic_method)
-    model, context = _adapted(load(run, device), adapt, adapt_only_state, options)
-    _check_lines_flags(model.lines, run, unique=unique, novel=novel)
+    model, context = _adapted(model, adapt, adapt_only_state, options)
     count = 500 if length is None else length
     live = output is None and num_samples == 1 and not as_json and not model.lines  # shown as it is made
     with warnings.catch_warnings(record=True) as notes:
@@ -425,10 +425,12 @@ def _adapted(model: Any, adapt: Path | None, only_state: bool, options: tuple) -
     return (model if dynamic is None else model.adapt(text, dynamic=dynamic)), adapt_context(text)
 
 
-def _check_lines_flags(lines: bool, run: Path, *, unique: bool, novel: bool) -> None:
-    if not lines and (unique or novel):
+def _check_lines_flags(model: Any, run: Path, *, unique: bool, novel: bool) -> Any:
+    """The model, once --unique and --novel are known to apply to it (a --lines run)."""
+    if not model.lines and (unique or novel):
         flag = "--novel" if novel else "--unique"
         raise CharrnnError(f"{flag} needs a run trained with --lines (one example per line); {run} was not")
+    return model
 
 
 def _prime_text(prime: str, prime_file: Path | None) -> str:

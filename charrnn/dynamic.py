@@ -140,10 +140,10 @@ class Adapter:
 
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         with torch.no_grad():
-            if self.settings.clip:
-                norm = float(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]).norm())
-                if norm > self.limit:
-                    grads = tuple(None if g is None else g * (self.limit / norm) for g in grads)
+            if self.settings.clip:  # scaled on the device: no host sync per segment
+                norm = torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]).norm()
+                factor = (self.limit / norm.clamp(min=1e-30)).clamp(max=1.0)
+                grads = tuple(None if g is None else g * factor for g in grads)
             for p, g, trained, rate, pull in zip(self.params, grads, self.trained, self.rate, self.pull):
                 if self.settings.decay:
                     p.lerp_(trained, pull)  # θ + pull (θ₀ − θ), from the weights before this step
