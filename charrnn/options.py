@@ -79,7 +79,7 @@ OPTIONS: tuple[Option, ...] = (
         Option("vocab_size", int, None, "train.vocab_size", "Vocabulary size for bpe/unigram."),
     ),
     *_panel(MODEL,
-        Option("preset", str, "auto", None, "Defaults for the options marked [preset]: auto (gpu on CUDA, else cpu), cpu or gpu."),
+        Option("preset", str, "auto", None, "Defaults for the options marked [preset]: auto (on a CPU, the model size that fits the budget and the text; gpu on CUDA), cpu or gpu."),
         Option("init_from", Path, None, None, "Fine-tune: start from this run's best (or this checkpoint's) weights, tokenizer and architecture; a char vocabulary gains CORPUS's new characters."),
         Option("cell", str, None, "model.cell", "lstm, gru or rnn.", preset=True),
         Option("layers", int, None, "model.num_layers", "Stacked RNN layers.", preset=True),

@@ -4,8 +4,9 @@ runs/NAME/
   best.safetensors  lowest validation loss so far (weights, config, tokenizer)
   last.safetensors  latest state, with everything `--resume` needs
   config.json       written once, when training starts: the model and training configs, the
-                    corpus, `created`, `chars_per_token` (training characters per token) and
+                    corpus, `created`, `chars_per_token` (training characters per token),
                     `baselines` (gzip/bzip2/xz bits per character on the run's validation text)
+                    and, where `--preset auto` chose the size, `sizing` (charrnn/sizing.py)
   metrics.jsonl     one record a line: step, time (seconds of training), train_loss (nats per
                     *token*, the mean over the interval), lr, chars_per_sec, and at evaluations
                     val_loss (nats per *character*); a run that ended on its own says why (`stop`)
@@ -175,10 +176,12 @@ class RunDir:
         chars_per_token: float,
         init_from: dict[str, Any] | None = None,
         torchrun: dict[str, Any] | None = None,
+        sizing: dict[str, Any] | None = None,
     ) -> None:
         """What a fresh run starts with: its config.json (`corpus` is `corpus_record`'s; `init_from`
         a fine-tune's source: its path, content hash and step; `torchrun` the job's world size and
-        id), a --lines run's line hashes, and no metrics or samples left by an earlier start."""
+        id; `sizing` how `--preset auto` chose the size), a --lines run's line hashes, and no
+        metrics or samples left by an earlier start."""
         config = {
             "model": asdict(model),
             "train": asdict(train),
@@ -193,7 +196,7 @@ class RunDir:
 
             held_out = validation_text({"corpus": corpus, "train_config": config["train"]}, dataset)
             config["baselines"] = compression_baselines("".join(held_out))
-        extra = {"init_from": init_from, "torchrun": torchrun}
+        extra = {"init_from": init_from, "torchrun": torchrun, "sizing": sizing}
         config.update({key: value for key, value in extra.items() if value is not None})
         self.write_config(config)
         if dataset.lines is not None:  # each side's line hashes: `sample` tells new lines from copies

@@ -153,27 +153,35 @@ def _report(progress: bool | Report, quiet: bool) -> Report:
     return Report()
 
 
-def _configs(values: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
+def _configs(values: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig, dict[str, dict[str, Any]] | None]:
     """The model settings and the TrainConfig the options give: a preset's values for the options
-    it supplies that were not given, the table's defaults for the others."""
+    it supplies that were not given, the table's defaults for the others. Third, for `--preset auto`
+    on a CPU, the preset options that were given (by section), which the size chosen once the text
+    is read (charrnn/sizing.py) must keep; None where no size is to be chosen."""
     from charrnn.devices import resolve_device
 
-    chosen = preset_settings(values["preset"], resolve_device(values["device"]).type)
+    device_type = resolve_device(values["device"]).type
+    chosen = preset_settings(values["preset"], device_type)
     settings: dict[str, dict[str, Any]] = {"model": dict(chosen["model"]), "train": dict(chosen["train"])}
+    given: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
     for option in table.OPTIONS:
         value = values.get(option.name)
         if option.field and not (option.preset and value is None):
             section, name = option.field.split(".")
             settings[section][name] = value
+            if option.preset:
+                given[section][name] = value
     if values["dropout"] is not None:
         settings["model"]["dropout_hidden"] = settings["model"]["dropout_output"] = values["dropout"]
+        given["model"].update(dropout_hidden=values["dropout"], dropout_output=values["dropout"])
     train = settings["train"]
     train["eval_tokens"] = train["eval_tokens"] or None  # 0 means the whole split
     if values["val_file"]:
         train["val_frac"] = 0.0
     cfg = TrainConfig(**train)
     ModelConfig(vocab_size=2, **settings["model"])  # refuse bad sizes before reading any text
-    return settings["model"], cfg
+    sized = values["preset"] == "auto" and device_type != "cuda" and values["init_from"] is None
+    return settings["model"], cfg, given if sized else None
 
 
 def _start(
@@ -188,7 +196,7 @@ def _start(
     from charrnn.data.corpus import STDIN, find_corpus, remove_spool
     from charrnn.training import train as train_new
 
-    model_settings, cfg = _configs(values)
+    model_settings, cfg, auto_size = _configs(values)
     source = None
     if values["init_from"] is not None:  # a fine-tune: the source's architecture and tokenizer
         from charrnn import finetune
@@ -219,6 +227,7 @@ def _start(
             handle_signals=handle_signals,
             init_from=source,
             budget_from=started,
+            auto_size=auto_size,
         )
     finally:
         remove_spool()  # the copy of standard input, if one was made, is done with

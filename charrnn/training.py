@@ -134,6 +134,7 @@ def train(
     cache_dir: Path | None = None,
     budget_from: float | None = None,
     init_from: Source | None = None,
+    auto_size: dict[str, dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Train a new model on `corpus` into the run directory `run_path`; with `init_from`, start
     from that model's weights and tokenizer (`model_settings` then hold its architecture).
@@ -148,6 +149,10 @@ def train(
     that data loading and model construction count against the budget. It covers the end of the
     run too: training stops early enough for the final exact evaluation and the last save to fit
     (`Budget.reserve`). At least one step runs however much of it setting up took.
+
+    `auto_size` (`--preset auto` on a CPU: the preset options the user gave, by section) chooses
+    the model's size once the text is read (charrnn/sizing.py), in place of `model_settings`' own;
+    the choice is printed in one line and kept in config.json.
     """
     report = report or Report()
     with distributed.session() as ranks:
@@ -159,6 +164,9 @@ def train(
         ranks.together(lambda: _claim(run, fresh=True) if ranks.is_main else None)
         try:
             dataset, cfg = _new_dataset(corpus, val_corpus, cfg, ranks, report, cache_dir, init_from)
+            sizing = None
+            if auto_size is not None:
+                model_settings, cfg, sizing = _sized(dataset, cfg, auto_size, ranks, budget_from, report)
             model_cfg = ModelConfig(vocab_size=dataset.tokenizer.vocab_size, **model_settings)
             info = corpus_record(corpus, val_corpus, dataset)
             start = init_from.begin(dataset, report.on_message) if init_from else None
@@ -176,6 +184,7 @@ def train(
                     chars_per_token=trainer.chars_per_token,
                     init_from=origin,
                     torchrun=launch,
+                    sizing=sizing,
                 )
             return _fit(trainer, handle_signals)
         finally:
@@ -200,6 +209,39 @@ def _new_dataset(
         ),
     )
     return dataset, _with_streams(cfg, _fit_per_rank(dataset, cfg, ranks, report))
+
+
+def _sized(
+    dataset: Dataset,
+    cfg: TrainConfig,
+    given: dict[str, dict[str, Any]],
+    ranks: Ranks,
+    budget_from: float | None,
+    report: Report,
+) -> tuple[dict[str, Any], TrainConfig, dict[str, Any]]:
+    """`--preset auto`'s model settings, `cfg` with the size's learning rate, and the record of the
+    choice for config.json. Rank 0 measures and chooses; every rank trains what it chose."""
+    from charrnn import sizing
+    from charrnn.config import PRESETS
+
+    left = None
+    if cfg.max_time is not None:
+        left = cfg.max_time - (time.monotonic() - budget_from if budget_from is not None else 0.0)
+    budget = sizing.Budget(
+        vocab_size=dataset.tokenizer.vocab_size,
+        train_tokens=dataset.train.num_tokens,
+        val_tokens=dataset.val.num_tokens if dataset.val is not None else 0,
+        chars_per_token=dataset.train.num_chars / max(1, dataset.train.num_tokens),
+        cfg=cfg,
+        seconds_left=left,
+        world=ranks.world,
+    )
+    device = ranks.device_for(cfg.device)
+    choice = ranks.broadcast(
+        ranks.together(lambda: sizing.choose(budget, PRESETS["cpu"], given, device) if ranks.is_main else None)
+    )
+    report.on_message(choice.line())
+    return choice.model, from_dict(TrainConfig, {**asdict(cfg), **choice.train}), choice.record()
 
 
 def _with_streams(cfg: TrainConfig, batch_size: int) -> TrainConfig:

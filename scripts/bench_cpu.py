@@ -4,6 +4,7 @@ and big corpora, and quality per second on the nanoGPT shakespeare_char protocol
     python scripts/bench_cpu.py                      # everything (about 10 minutes)
     python scripts/bench_cpu.py --only loop,sample   # a subset
     python scripts/bench_cpu.py --quality 90,300 --out bench.md
+    python scripts/bench_cpu.py --only quality --quality 90,300,900 --preset auto
     python scripts/bench_cpu.py --tiny --only loop   # a toy size: checks that a row runs
 
 Every figure is measured in this process or in a child started by it, against a
@@ -476,12 +477,15 @@ budget = float(sys.argv[2])
 preset = preset_settings("cpu", "cpu")
 override = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
 preset = {part: {**preset[part], **override.get(part, {})} for part in ("model", "train")}
+# {"auto": true}: `--preset auto` chooses the size (charrnn/sizing.py), keeping the override's settings.
+auto = {part: override.get(part, {}) for part in ("model", "train")} if override.get("auto") else None
 # The whole budget: the trainer keeps back what the final evaluation and the last save take.
 cfg = TrainConfig(**preset["train"], val_frac=0.1, max_time=budget,
                   eval_interval=10**9, eval_tokens=None, log_interval=50)
-result = train(find_corpus([sys.argv[1]]), preset["model"], cfg, Path(sys.argv[3]), budget_from=t0)
+result = train(find_corpus([sys.argv[1]]), preset["model"], cfg, Path(sys.argv[3]), budget_from=t0, auto_size=auto)
+sizing = json.loads((Path(sys.argv[3]) / "config.json").read_text()).get("sizing")
 print(json.dumps({"val": result.last_val, "seconds": time.monotonic() - t0, "steps": result.steps,
-                  "chars_per_sec": result.chars_per_sec}))
+                  "chars_per_sec": result.chars_per_sec, "sizing": sizing}))
 """
 
 
@@ -489,17 +493,19 @@ def bench_quality(budgets: list[float], override: str = "{}", text_path: Path = 
     if not text_path.is_file():
         return [f"(quality skipped: {text_path} not present)"]
     rows = [
-        "| budget | val loss (nats/char) | bits/char | measured seconds (incl. loading, final eval) | steps | "
+        "| budget | model | val loss (nats/char) | bits/char | measured seconds (incl. loading, final eval) | steps | "
         "train chars/s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for budget in budgets:
         with tempfile.TemporaryDirectory() as tmp:
             env = {**os.environ, "CHARRNN_CACHE_DIR": str(Path(tmp) / "cache")}
             args = [str(text_path), str(budget), str(Path(tmp) / "run"), override]
             r = run_child(QUALITY_CHILD, args, env)
+        model = f"auto: {r['sizing']['size']}" if r.get("sizing") else "cpu preset"
+        model += " (with --override)" if json.loads(override).keys() - {"auto"} else ""
         rows.append(
-            f"| {budget:g} s | {r['val']:.4f} | {r['val'] / 0.6931471805599453:.4f} | {r['seconds']:.1f} | "
+            f"| {budget:g} s | {model} | {r['val']:.4f} | {r['val'] / 0.6931471805599453:.4f} | {r['seconds']:.1f} | "
             f"{r['steps']:,} | {r['chars_per_sec']:,.0f} |"
         )
     return rows
@@ -510,6 +516,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(ROWS), help="comma-separated subset of: " + ", ".join(ROWS))
     parser.add_argument("--quality", help=f"training budgets in seconds for the quality runs (default {Sizes.quality})")
+    parser.add_argument(
+        "--preset",
+        choices=("cpu", "auto"),
+        default="cpu",
+        help="the quality row's preset: cpu (fixed, the default) or auto (the size that fits the budget)",
+    )
     parser.add_argument("--big-gb", type=float, help=f"size of the synthetic big corpus (default {Sizes.big_gb:g})")
     parser.add_argument("--out", type=Path, help="also write the report here")
     parser.add_argument(
@@ -540,6 +552,8 @@ def main() -> None:
         sizes, big_override = TINY, json.dumps(TINY_OVERRIDE)
         PRESET = with_override(PRESET, TINY_OVERRIDE)
         quality_override = json.dumps(with_override(TINY_OVERRIDE, json.loads(args.override)))
+    if args.preset == "auto":  # the quality child then lets charrnn/sizing.py choose the size
+        quality_override = json.dumps({**json.loads(quality_override), "auto": True})
         text_path = startup_text = quality_text = Path(scratch.name) / "tiny.txt"
         text_path.write_text(KJV.read_text()[:TINY_TEXT_CHARS])
     if "loop" in parts:

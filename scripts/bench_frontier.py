@@ -6,6 +6,7 @@ fitted to them (and refitted on another machine).
     python scripts/bench_frontier.py --budgets 90 --only 2x256,2x384   # a part of it
     python scripts/bench_frontier.py --tiny --out /tmp/frontier.jsonl  # toy sizes: checks that it runs
     python scripts/bench_frontier.py --table                           # the measured points, as markdown
+    python scripts/bench_frontier.py --fit                             # the sizing rule's threshold
 
 Each point is one training run of `scripts/bench_cpu.py`'s quality child (the first 90% of Tiny
 Shakespeare trains, one full stateful pass over the last 10% scores, the clock running from before
@@ -19,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -31,28 +35,46 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_cpu import KJV, QUALITY_CHILD, SHAKESPEARE, TINY_OVERRIDE, run_child  # noqa: E402
 
+from charrnn.sizing import LADDER  # noqa: E402
+
 OUT = ROOT / "scripts" / "results" / "frontier_cpu.jsonl"
 
-# name -> changes to the cpu preset. Larger models get more dropout (a 1 MB corpus) and a lower lr.
+# name -> changes to the cpu preset: the sizes `--preset auto` chooses from (charrnn.sizing.LADDER),
+# and three shapes the grid measured that the ladder left out (deeper or wider at equal cost).
 POINTS: dict[str, dict] = {
-    "2x256": {},
-    "2x384": {"model": {"hidden_size": 384}, "train": {"lr": 6e-3}},
+    **{size.name: ({"model": size.model, "train": size.train} if size.model else {}) for size in LADDER},
     "3x256": {"model": {"num_layers": 3}, "train": {"lr": 8e-3}},
     "1x512": {"model": {"num_layers": 1, "hidden_size": 512}, "train": {"lr": 6e-3}},
-    "2x512": {
-        "model": {"hidden_size": 512, "dropout_hidden": 0.2, "dropout_output": 0.2},
-        "train": {"lr": 4e-3},
-    },
     "3x384": {
         "model": {"num_layers": 3, "hidden_size": 384, "dropout_hidden": 0.2, "dropout_output": 0.2},
         "train": {"lr": 5e-3},
     },
+    "auto": {},  # what `--preset auto` chooses on this machine for this budget and text
 }
+AUTO = "auto"
 GRID: dict[float, tuple[str, ...]] = {
     90: ("2x256", "2x384", "3x256", "1x512"),
     300: ("2x256", "2x384", "2x512"),
     900: ("2x256", "2x512", "3x384"),
 }
+
+
+def code_corpus(path: Path, chars: int = 1_115_394) -> Path:
+    """A code corpus the rule was not fitted on: this Python's standard library (its .py files in
+    sorted order, tests left out), cut to `chars` characters, the size of Tiny Shakespeare."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    parts, total = [], 0
+    for source in sorted(stdlib.rglob("*.py")):
+        relative = source.relative_to(stdlib)
+        if {"test", "tests", "site-packages", "idle_test"} & set(relative.parts):
+            continue
+        text = source.read_text(encoding="utf-8", errors="replace")
+        parts.append(text)
+        total += len(text)
+        if total >= chars:
+            break
+    path.write_text("".join(parts)[:chars], encoding="utf-8")
+    return path
 
 
 def commit() -> str:
@@ -78,7 +100,9 @@ def merged(*overrides: dict) -> dict:
 
 
 def measure(name: str, budget: float, text: Path, tiny: bool) -> dict:
-    override = merged(TINY_OVERRIDE, POINTS[name]) if tiny else POINTS[name]
+    override = merged(TINY_OVERRIDE, POINTS[name]) if tiny else dict(POINTS[name])
+    if name == AUTO:
+        override["auto"] = True
     from charrnn.config import preset_settings
 
     train = {**preset_settings("cpu", "cpu")["train"], **override.get("train", {})}
@@ -90,7 +114,8 @@ def measure(name: str, budget: float, text: Path, tiny: bool) -> dict:
         "point": name,
         "budget": budget,
         "settings": POINTS[name],
-        "parameters": parameters(override),
+        "parameters": result["sizing"]["parameters"] if name == AUTO else parameters(override),
+        "sizing": result["sizing"],
         "val_nats_per_char": result["val"],
         "seconds": result["seconds"],
         "steps": result["steps"],
@@ -128,20 +153,89 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def _groups(rows: list[dict]) -> dict[str, list[dict]]:
+    """Each corpus and budget's points, repeated measurements of a point averaged: its parameters,
+    its training characters per parameter and its score."""
+    by_group: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        key = f"{r['corpus']} {float(r['budget']):g} s"
+        by_group.setdefault(key, {}).setdefault(r["point"], []).append(r)
+    return {
+        key: [
+            {
+                "point": name,
+                "parameters": runs[0]["parameters"],
+                "ratio": statistics.mean(r["train_chars"] for r in runs) / runs[0]["parameters"],
+                "loss": statistics.mean(r["val_nats_per_char"] for r in runs),
+            }
+            for name, runs in points.items()
+        ]
+        for key, points in by_group.items()
+    }
+
+
+def _pick(points: list[dict], k: float) -> dict:
+    """The sizing rule on measured points: the largest that saw at least k characters per
+    parameter, else the one that saw the most per parameter."""
+    fits = [p for p in points if p["ratio"] >= k]
+    return max(fits, key=lambda p: p["parameters"]) if fits else max(points, key=lambda p: p["ratio"])
+
+
+def fit(rows: list[dict], corpus: str = SHAKESPEARE.name) -> dict:
+    """charrnn.sizing.TOKENS_PER_PARAMETER from the grid on `corpus` (the other corpora, and the
+    `auto` points, are what the rule is checked on): the range of thresholds whose picks lose the
+    least to each budget's best point (the regret, in nats/char summed over budgets), and its
+    geometric middle, to two figures (twice its lower end when the range has no upper end)."""
+    groups = _groups([r for r in rows if r["corpus"] == corpus and r["point"] != AUTO])
+    ratios = sorted({p["ratio"] for points in groups.values() for p in points})
+    edges = [0.0, *ratios, math.inf]
+    spans = []
+    for low, high in zip(edges, edges[1:]):  # every k in (low, high] makes the same picks
+        k = high if math.isfinite(high) else low * 2
+        regret = sum(_pick(pts, k)["loss"] - min(p["loss"] for p in pts) for pts in groups.values())
+        spans.append((regret, low, high))
+    least = min(regret for regret, _, _ in spans)
+    best = [(low, high) for regret, low, high in spans if regret <= least + 1e-12]
+    low, high = best[0][0], best[0][1]
+    for next_low, next_high in best[1:]:  # merge the first run of adjacent spans
+        if next_low != high:
+            break
+        high = next_high
+    middle = math.sqrt(low * high) if math.isfinite(high) and low > 0 else (low * 2 if low > 0 else high / 2)
+    k = float(f"{middle:.2g}")
+    picks = {key: _pick(points, k)["point"] for key, points in groups.items()}
+    best_points = {key: min(points, key=lambda p: p["loss"])["point"] for key, points in groups.items()}
+    return {
+        "low": low,
+        "high": high if math.isfinite(high) else None,
+        "k": k,
+        "regret": least,
+        "picks": picks,
+        "best": best_points,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", help="comma-separated seconds (default: all of the grid's)")
     parser.add_argument("--only", help="comma-separated point names (default: the grid's for each budget)")
-    parser.add_argument("--corpus", choices=("shakespeare", "kjv"), default="shakespeare")
+    parser.add_argument(
+        "--corpus",
+        choices=("shakespeare", "kjv", "code"),
+        default="shakespeare",
+        help="kjv: the bundled Bible; code: this Python's standard library (checks the rule on texts it was not fitted on)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--resume", action="store_true", help="skip the points --out already holds")
     parser.add_argument("--tiny", action="store_true", help="toy models, 1 s budgets, 200 KB of text")
     parser.add_argument("--table", action="store_true", help="print the points --out holds as a markdown table")
+    parser.add_argument("--fit", action="store_true", help="fit the sizing rule's threshold to the points --out holds")
     args = parser.parse_args(argv)
-    if args.table:
+    if args.table or args.fit:
         if not args.out.is_file():
             raise SystemExit(f"{args.out} is not there: no point has been measured yet")
-        print(table(args.out))
+        rows = [json.loads(line) for line in args.out.read_text(encoding="utf-8").splitlines() if line.strip()]
+        print(table(args.out) if args.table else json.dumps(fit(rows), indent=2))
         return
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else list(GRID)
     only = args.only.split(",") if args.only else None
@@ -149,9 +243,11 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown point(s) {', '.join(unknown)}: choose from {', '.join(POINTS)}")
     text = KJV if args.corpus == "kjv" else SHAKESPEARE
-    if not text.is_file():
+    if not text.is_file() and args.corpus != "code":
         raise SystemExit(f"{text} is not here: the frontier needs it")
     with tempfile.TemporaryDirectory() as scratch:
+        if args.corpus == "code":
+            text = code_corpus(Path(scratch) / "pystdlib.txt")
         if args.tiny:
             tiny = Path(scratch) / "tiny.txt"
             tiny.write_text(KJV.read_text(encoding="utf-8")[:200_000], encoding="utf-8")

@@ -66,3 +66,42 @@ def test_the_table_lists_each_budget_s_points_best_first(tmp_path: Path) -> None
     body = [line for line in done.stdout.splitlines() if line.startswith("| c.txt")]
     assert [line.split("|")[3].strip() for line in body] == ["small", "big"]
     assert "| 1.500 |" in body[0] and "| 40,960 |" in body[0]
+
+
+def test_the_auto_point_records_what_the_rule_chose(tmp_path: Path) -> None:
+    out = tmp_path / "frontier.jsonl"
+    done = _run(out, "--only", "auto")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["point"] == "auto" and row["sizing"]["preset"] == "auto"
+    assert row["parameters"] == row["sizing"]["parameters"] > 0
+
+
+def test_the_fit_picks_each_budget_s_best_point() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_frontier
+
+    def row(point: str, budget: int, loss: float, params: int, chars: int) -> dict:
+        return {
+            "corpus": "tinyshakespeare.txt",
+            "budget": budget,
+            "point": point,
+            "val_nats_per_char": loss,
+            "parameters": params,
+            "train_chars": chars,
+        }
+
+    rows = [
+        row("small", 60, 1.6, 100, 2_000),
+        row("big", 60, 1.8, 400, 800),  # 20 and 2 per parameter
+        row("small", 600, 1.5, 100, 20_000),
+        row("big", 600, 1.4, 400, 8_000),  # 200 and 20
+        row("auto", 600, 1.0, 100, 1),
+        {**row("big", 600, 0.1, 400, 1), "corpus": "other.txt"},  # left out
+    ]
+    fitted = bench_frontier.fit(rows)
+    assert fitted["regret"] == 0 and fitted["picks"] == fitted["best"] == {
+        "tinyshakespeare.txt 60 s": "small",
+        "tinyshakespeare.txt 600 s": "big",
+    }
+    assert fitted["low"] == 2 and fitted["high"] == 20 and fitted["k"] == 6.3  # the geometric middle of (2, 20]
