@@ -33,8 +33,18 @@ TOKENS_PER_PARAMETER = 3.3
 # with dropout 0.2) rounded up, and checked on a small code corpus (docs/training.md).
 PARAMETERS_PER_TOKEN = 4.0
 CALIBRATION_WARMUP = 2  # untimed steps per size first: a new shape's first steps build its kernels
-CALIBRATION_STEPS = 5  # timed steps per size, the median kept
-CALIBRATION_SEQ = 64  # tokens per stream in a calibration step: half a training step
+CALIBRATION_STEPS = 3  # timed steps per size (of the run's own shape), the median kept
+EVAL_PROBE = 1024  # tokens of the one-stream forward pass that times the final evaluation
+END_OF_RUN = 1.5  # seconds kept back for the last saves, sample and drawing (the trainer times them later)
+
+
+@dataclass(frozen=True)
+class Speed:
+    """What a size costs on this machine: training tokens per second (all streams of a step), and
+    tokens per second of the final evaluation's one-stream pass."""
+
+    train: float
+    evaluate: float
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,8 @@ class Choice:
     train: dict[str, Any]
     reason: str
     expected_tokens: float | None = None
-    tokens_per_second: dict[str, float] = field(default_factory=dict)
+    tokens_per_second: dict[str, float] = field(default_factory=dict)  # training, by size measured
+    evaluation_tokens_per_second: dict[str, float] = field(default_factory=dict)  # the one-stream final pass
     calibration_seconds: float = 0.0
 
     def line(self) -> str:
@@ -101,6 +112,7 @@ class Choice:
             "reason": self.reason,
             "expected_tokens": self.expected_tokens,
             "tokens_per_second": self.tokens_per_second,
+            "evaluation_tokens_per_second": self.evaluation_tokens_per_second,
             "calibration_seconds": self.calibration_seconds,
             "tokens_per_parameter": TOKENS_PER_PARAMETER,
             "parameters_per_token": PARAMETERS_PER_TOKEN,
@@ -139,8 +151,8 @@ def choose(
     speed: Any = None,
 ) -> Choice:
     """The size `--preset auto` trains (see the module's docstring). `preset` is the cpu preset's
-    settings, `given` the options the user set (by section), `speed(model, train)` the measured
-    tokens per second of a size (default: `calibrate` on `device`)."""
+    settings, `given` the options the user set (by section), `speed(model, train)` a size's
+    measured `Speed` (default: `calibrate` on `device`)."""
     speed = speed or (lambda model, train: calibrate(model, train, budget.vocab_size, device))
     if any(name in given.get("model", {}) for name in SHAPE):
         return _as_given(budget, preset, given)
@@ -182,6 +194,7 @@ class _Search:
     def __init__(self, budget: Budget, preset: dict, given: dict, speed: Any, fixed: float | None) -> None:
         self.budget, self.preset, self.given, self.speed, self.fixed = budget, preset, given, speed, fixed
         self.rates: dict[str, float] = {}
+        self.eval_rates: dict[str, float] = {}
         self.tokens: dict[str, float] = {}
         self.seconds = 0.0
 
@@ -196,12 +209,13 @@ class _Search:
             return self.fixed if self.fixed is not None else math.inf
         settings = settings_of(size, self.preset, self.given)
         started = time.monotonic()
-        rate = self.speed(settings["model"], settings["train"]) * self.budget.world
+        speed = self.speed(settings["model"], settings["train"])
         self.seconds += time.monotonic() - started
-        self.rates[size.name] = rate
-        # The final exact evaluation is kept back from the budget: a forward pass, about a third of a step.
-        training = max(left - self.seconds - self.budget.val_tokens / (3 * rate), 0.0)
-        by_time = training * rate
+        rate = self.rates[size.name] = speed.train * self.budget.world
+        self.eval_rates[size.name] = speed.evaluate
+        # Kept back from the budget: the final exact evaluation (one stream, on rank 0) and the saves.
+        final = self.budget.val_tokens / speed.evaluate + END_OF_RUN
+        by_time = max(left - self.seconds - final, 0.0) * rate
         return by_time if self.fixed is None else min(by_time, self.fixed)
 
     def fits(self, size: Size) -> bool:
@@ -218,6 +232,7 @@ class _Search:
             reason=reason,
             expected_tokens=tokens if math.isfinite(tokens) else None,
             tokens_per_second={name: round(rate, 1) for name, rate in self.rates.items()},
+            evaluation_tokens_per_second={name: round(rate, 1) for name, rate in self.eval_rates.items()},
             calibration_seconds=round(self.seconds, 3),
         )
 
@@ -256,13 +271,14 @@ def _as_given(budget: Budget, preset: dict[str, dict[str, Any]], given: dict[str
     )
 
 
-def calibrate(model: dict[str, Any], train: dict[str, Any], vocab_size: int, device: torch.device) -> float:
-    """Training tokens per second of a model of these settings on `device`: the median of
-    CALIBRATION_STEPS timed steps (forward, backward, clipping, AdamW) on random tokens, after
-    CALIBRATION_WARMUP untimed ones. The generators are left as they were."""
+def calibrate(model: dict[str, Any], train: dict[str, Any], vocab_size: int, device: torch.device) -> Speed:
+    """The speed of a model of these settings on `device`, on random tokens: training, the median
+    of CALIBRATION_STEPS timed steps of the run's own shape (forward, backward, clipping, AdamW)
+    after CALIBRATION_WARMUP untimed ones; evaluation, the faster of two one-stream forward passes
+    over EVAL_PROBE tokens. The generators are left as they were."""
     from charrnn.model import RNNLanguageModel, detach_state
 
-    batch, seq = int(train["batch_size"]), min(int(train["seq_len"]), CALIBRATION_SEQ)
+    batch, seq = int(train["batch_size"]), int(train["seq_len"])
     with torch.random.fork_rng(devices=[]):
         net = RNNLanguageModel(ModelConfig(vocab_size=vocab_size, **model)).to(device).train()
         optimizer = torch.optim.AdamW(net.parameters(), lr=float(train["lr"]), fused=device.type == "cuda")
@@ -276,8 +292,20 @@ def calibrate(model: dict[str, Any], train: dict[str, Any], vocab_size: int, dev
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             optimizer.step()
             state = detach_state(state)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _synchronize(device)
             times.append(time.perf_counter() - started)
+        net.eval()
+        probe, passes = torch.randint(0, vocab_size, (EVAL_PROBE + 1, 1), device=device), []
+        with torch.no_grad():
+            for _ in range(2):
+                started = time.perf_counter()
+                net(probe[:-1], None, probe[1:])
+                _synchronize(device)
+                passes.append(time.perf_counter() - started)
     timed = sorted(times[CALIBRATION_WARMUP:])
-    return batch * seq / timed[len(timed) // 2]
+    return Speed(train=batch * seq / timed[len(timed) // 2], evaluate=EVAL_PROBE / min(passes))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -51,12 +51,13 @@ def test_a_time_budget_measures_each_size_it_visits_once_and_counts_the_time() -
 
     def speed(model, train):  # a machine whose speed falls with the size
         measured.append((model["num_layers"], model["hidden_size"]))
-        return 3e11 / sizing.parameters(model, 65)
+        return sizing.Speed(train=3e11 / sizing.parameters(model, 65), evaluate=1e9)
 
     choice = sizing.choose(_budget(seconds=60), CPU, {}, torch.device("cpu"), speed=speed)
     assert len(measured) == len(set(measured)) == len(choice.tokens_per_second)
     rate = choice.tokens_per_second[choice.size]
-    assert choice.expected_tokens == pytest.approx((60 - choice.calibration_seconds) * rate, rel=1e-3)
+    kept = choice.calibration_seconds + sizing.END_OF_RUN  # no validation text here: no final pass
+    assert choice.expected_tokens == pytest.approx((60 - kept) * rate, rel=1e-3)
     assert choice.expected_tokens >= K * choice.parameters
     names = [s.name for s in sizing.LADDER]
     larger = names[names.index(choice.size) + 1]
@@ -101,10 +102,10 @@ def test_the_line_counts_the_parameters_of_the_model_built() -> None:
 def test_calibration_measures_a_speed_and_leaves_the_generators_alone() -> None:
     torch.manual_seed(5)
     before = torch.random.get_rng_state()
-    rate = sizing.calibrate(
-        {**CPU["model"], "hidden_size": 32}, {**CPU["train"], "batch_size": 4}, 65, torch.device("cpu")
+    speed = sizing.calibrate(
+        {**CPU["model"], "hidden_size": 32}, {**CPU["train"], "batch_size": 4, "seq_len": 16}, 65, torch.device("cpu")
     )
-    assert rate > 0 and torch.equal(torch.random.get_rng_state(), before)
+    assert speed.train > 0 and speed.evaluate > 0 and torch.equal(torch.random.get_rng_state(), before)
 
 
 def test_the_threshold_is_the_one_the_committed_frontier_gives() -> None:
