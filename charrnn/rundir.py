@@ -178,10 +178,8 @@ class RunDir:
         torchrun: dict[str, Any] | None = None,
         sizing: dict[str, Any] | None = None,
     ) -> None:
-        """What a fresh run starts with: its config.json (`corpus` is `corpus_record`'s; `init_from`
-        a fine-tune's source: its path, content hash and step; `torchrun` the job's world size and
-        id; `sizing` how `--preset auto` chose the size), a --lines run's line hashes, and no
-        metrics or samples left by an earlier start."""
+        """A fresh run's config.json (`corpus` from `corpus_record`; `init_from`, `torchrun` and `sizing`
+        where given), a --lines run's line hashes, and no metrics or samples of an earlier start."""
         config = {
             "model": asdict(model),
             "train": asdict(train),

@@ -174,18 +174,7 @@ def train(
                 Trainer(run, dataset, model_cfg, cfg, info, report, ranks=ranks, budget_from=budget_from, start=start)
             )
             if ranks.is_main:
-                launch = {"world_size": ranks.world, "job_id": distributed.job_id()} if distributed.launched() else None
-                origin = start.origin if start is not None else None  # the source's path, content hash and step
-                run.begin(
-                    model_cfg,
-                    cfg,
-                    info,
-                    dataset,
-                    chars_per_token=trainer.chars_per_token,
-                    init_from=origin,
-                    torchrun=launch,
-                    sizing=sizing,
-                )
+                _begin(trainer, info, origin=start.origin if start is not None else None, sizing=sizing)
             return _fit(trainer, handle_signals)
         finally:
             run.unlock()
@@ -209,6 +198,24 @@ def _new_dataset(
         ),
     )
     return dataset, _with_streams(cfg, _fit_per_rank(dataset, cfg, ranks, report))
+
+
+def _begin(
+    trainer: Trainer, info: dict[str, Any], *, origin: dict[str, Any] | None, sizing: dict[str, Any] | None
+) -> None:
+    """Write a new run's config.json: `info` is the corpus record, `origin` a fine-tune's source (its
+    path, content hash and step), `sizing` how `--preset auto` chose the size."""
+    launch = {"world_size": trainer.ranks.world, "job_id": distributed.job_id()} if distributed.launched() else None
+    trainer.run.begin(
+        trainer.model.cfg,
+        trainer.cfg,
+        info,
+        trainer.data,
+        chars_per_token=trainer.chars_per_token,
+        init_from=origin,
+        torchrun=launch,
+        sizing=sizing,
+    )
 
 
 def _sized(

@@ -493,9 +493,9 @@ def bench_quality(budgets: list[float], override: str = "{}", text_path: Path = 
     if not text_path.is_file():
         return [f"(quality skipped: {text_path} not present)"]
     rows = [
-        "| budget | model | val loss (nats/char) | bits/char | measured seconds (incl. loading, final eval) | steps | "
+        "| budget (model) | val loss (nats/char) | bits/char | measured seconds (incl. loading, final eval) | steps | "
         "train chars/s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for budget in budgets:
         with tempfile.TemporaryDirectory() as tmp:
@@ -505,7 +505,7 @@ def bench_quality(budgets: list[float], override: str = "{}", text_path: Path = 
         model = f"auto: {r['sizing']['size']}" if r.get("sizing") else "cpu preset"
         model += " (with --override)" if json.loads(override).keys() - {"auto"} else ""
         rows.append(
-            f"| {budget:g} s | {model} | {r['val']:.4f} | {r['val'] / 0.6931471805599453:.4f} | {r['seconds']:.1f} | "
+            f"| {budget:g} s ({model}) | {r['val']:.4f} | {r['val'] / 0.6931471805599453:.4f} | {r['seconds']:.1f} | "
             f"{r['steps']:,} | {r['chars_per_sec']:,.0f} |"
         )
     return rows

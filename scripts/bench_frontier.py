@@ -136,6 +136,12 @@ def done_points(out: Path) -> set[tuple[str, float, str]]:
     return {(row["point"], float(row["budget"]), row["corpus"]) for row in rows}
 
 
+def _label(row: dict) -> str:
+    """A point's name; for `auto`, with the size it chose."""
+    sizing = row.get("sizing") or {}
+    return f"auto: {sizing['size']}" if row["point"] == AUTO and sizing.get("size") else row["point"]
+
+
 def table(out: Path) -> str:
     """The points of `out` as a markdown table: by corpus and budget, the best first."""
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -146,7 +152,7 @@ def table(out: Path) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['corpus']} | {float(r['budget']):g} s | {r['point']} | {r['parameters']:,} | "
+            f"| {r['corpus']} | {float(r['budget']):g} s | {_label(r)} | {r['parameters']:,} | "
             f"{r['val_nats_per_char']:.3f} | {r['seconds']:.1f} | {r['steps']:,} | {r['train_chars_per_sec']:,.0f} | "
             f"{r['train_chars']:,} | {r['commit']} |"
         )
@@ -255,8 +261,8 @@ def main(argv: list[str] | None = None) -> None:
         skip = done_points(args.out) if args.resume else set()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         for budget in budgets:
-            names = only or GRID.get(budget, tuple(POINTS))
-            for name in names if not args.tiny else names[:1]:
+            names = only or (("2x256",) if args.tiny else GRID.get(budget, tuple(POINTS)))
+            for name in names:
                 if (name, budget, text.name) in skip:
                     continue
                 row = measure(name, budget, text, args.tiny)

@@ -207,6 +207,21 @@ def test_weight_drop_trains_data_parallel(text_file: Path, tmp_path: Path) -> No
     model_from_checkpoint(payload)
 
 
+def test_auto_size_is_measured_and_chosen_on_rank_zero_and_trained_by_every_rank(
+    text_file: Path, tmp_path: Path
+) -> None:
+    """`--preset auto` under torchrun: rank 0 times the sizes and chooses, counting both ranks'
+    tokens; both ranks build that model (DDP would refuse different ones) and it is said once."""
+    run = tmp_path / "auto"
+    args = ["--seq-len", "16", "--batch-size", "4", "--max-time", "8", "--eval-interval", "1000000", "--device", "cpu"]
+    done = torchrun("train", str(text_file), "--run", str(run), *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((run / "config.json").read_text())
+    assert config["sizing"]["tokens_per_second"] and config["torchrun"]["world_size"] == 2
+    assert (done.stdout + done.stderr).count("--preset auto:") == 1
+    assert load_checkpoint(run / "last.safetensors")["model_config"] == config["model"]
+
+
 def _workers(launcher: int) -> dict[int, int]:
     """{rank: pid} of the processes torchrun (pid `launcher`) started, read from /proc."""
     found = {}
