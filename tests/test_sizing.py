@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import charrnn as run_cli
 
 import charrnn
 from charrnn import sizing
@@ -151,3 +152,15 @@ def test_the_fixed_presets_choose_nothing(tmp_path: Path) -> None:
     text.write_text("abcdefgh " * 300)
     run = charrnn.train(text, run=tmp_path / "r", preset="cpu", max_steps=1, eval_interval=10**6)
     assert "sizing" not in run.config and run.config["model"]["hidden_size"] == CPU["model"]["hidden_size"]
+
+
+def test_the_command_says_what_it_chose_in_one_line(tmp_path: Path) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("a line of text to learn from\n" * 400)
+    done = run_cli("train", str(text), "--run", str(tmp_path / "r"), "--max-steps", "2", "--eval-interval", "1000000")
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    said = " ".join((done.stdout + done.stderr).split())  # a terminal may wrap the line
+    model = config["model"]
+    assert said.count("--preset auto:") == 1
+    assert f"--preset auto: {model['num_layers']} × {model['hidden_size']} LSTM" in said
