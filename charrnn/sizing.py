@@ -1,6 +1,6 @@
 """`--preset auto` on a CPU: the model size that fits the budget, the corpus and this machine.
 
-The rule (docs/training.md, "The model the budget buys"): of the sizes in `LADDER`, take the
+The rule (docs/training.md, "Presets"): of the sizes in `LADDER`, take the
 largest that
 
 - sees at least `TOKENS_PER_PARAMETER` training tokens per parameter within the budget, and
@@ -11,8 +11,8 @@ length, `--max-epochs` × the training text, and, for `--max-time`, the seconds 
 this machine's speed for that size, measured here by a few timed steps of each size the search
 visits (`calibrate`). That measurement runs inside the budget, as everything after the call does.
 
-The constants were fitted by `python scripts/bench_frontier.py --fit` on the grid it measured
-(scripts/results/frontier_cpu.jsonl); the sizes are that grid's points. CUDA keeps the `gpu`
+TOKENS_PER_PARAMETER was fitted by `python scripts/bench_frontier.py --fit` on the grid it
+measured (scripts/results/frontier_cpu.jsonl); the sizes are that grid's points. CUDA keeps the `gpu`
 preset until a frontier is measured there.
 """
 
@@ -29,8 +29,8 @@ from charrnn.config import ModelConfig, TrainConfig
 
 # Fitted by `scripts/bench_frontier.py --fit` (tests/test_sizing.py checks it still says so).
 TOKENS_PER_PARAMETER = 3.2
-# Not fitted: the largest ratio the grid measured without overfitting (2×512 on 1.0 M characters
-# with dropout 0.2) rounded up, and checked on a small code corpus (docs/training.md).
+# Not fitted: the largest ratio the grid trained without overfitting (2×512 on 1.0 M characters,
+# dropout 0.2), rounded up. No measured run has reached it yet (docs/performance.md).
 PARAMETERS_PER_TOKEN = 4.0
 CALIBRATION_WARMUP = 2  # untimed steps per size first: a new shape's first steps build its kernels
 CALIBRATION_STEPS = 3  # timed steps per size (of the run's own shape), the median kept
