@@ -20,14 +20,16 @@ def _run(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_a_point_is_appended_with_its_figures(tmp_path: Path) -> None:
+def test_each_point_is_appended_with_its_figures_and_auto_with_its_choice(tmp_path: Path) -> None:
     out = tmp_path / "frontier.jsonl"
-    first = _run(out)
+    first = _run(out, "--only", "2x256,auto")
     assert first.returncode == 0, first.stderr[-3000:]
-    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    row, auto = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["point"] == "2x256" and row["budget"] == 1.0 and row["corpus"] == "tiny.txt"
     assert row["parameters"] > 0 and row["steps"] >= 1 and row["val_nats_per_char"] > 0
     assert row["train_chars"] == row["steps"] * 4 * 32  # the tiny batch: 4 streams of 32
+    assert auto["point"] == "auto" and auto["sizing"]["preset"] == "auto"
+    assert auto["parameters"] == auto["sizing"]["parameters"] > 0
 
 
 def test_resume_skips_the_points_already_measured(tmp_path: Path) -> None:
@@ -66,15 +68,6 @@ def test_the_table_lists_each_budget_s_points_best_first(tmp_path: Path) -> None
     body = [line for line in done.stdout.splitlines() if line.startswith("| c.txt")]
     assert [line.split("|")[3].strip() for line in body] == ["small", "big"]
     assert "| 1.500 |" in body[0] and "| 40,960 |" in body[0]
-
-
-def test_the_auto_point_records_what_the_rule_chose(tmp_path: Path) -> None:
-    out = tmp_path / "frontier.jsonl"
-    done = _run(out, "--only", "auto")
-    assert done.returncode == 0, done.stderr[-3000:]
-    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["point"] == "auto" and row["sizing"]["preset"] == "auto"
-    assert row["parameters"] == row["sizing"]["parameters"] > 0
 
 
 def test_the_fit_picks_each_budget_s_best_point() -> None:

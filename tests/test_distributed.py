@@ -213,7 +213,7 @@ def test_auto_size_is_measured_and_chosen_on_rank_zero_and_trained_by_every_rank
     """`--preset auto` under torchrun: rank 0 times the sizes and chooses, counting both ranks'
     tokens; both ranks build that model (DDP would refuse different ones) and it is said once."""
     run = tmp_path / "auto"
-    args = ["--seq-len", "16", "--batch-size", "4", "--max-time", "8", "--eval-interval", "1000000", "--device", "cpu"]
+    args = ["--seq-len", "16", "--batch-size", "4", "--max-time", "5", "--eval-interval", "1000000", "--device", "cpu"]
     done = torchrun("train", str(text_file), "--run", str(run), *args)
     assert done.returncode == 0, done.stderr[-3000:]
     config = json.loads((run / "config.json").read_text())
